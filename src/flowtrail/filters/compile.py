@@ -1,0 +1,236 @@
+"""FlowFilter lists compiled into one batch predicate: allowlist OR-ed, denylist NOR-ed.
+
+A :class:`FilterSet` is built once from JSON FlowFilters (the form of ``--allowlist``, exporter
+allow/deny lists and ``--print-raw-filters``) and then applied to any number of decoded batches.
+It also tells the reader which fields to decode (``paths``) and which lines it may skip without
+decoding (``needle_groups``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from flowtrail.filters import event, fqdn, http, ip, k8s, l4, node
+from flowtrail.filters.base import Columns, FilterError, Mask, Predicate
+from flowtrail.model.schema import camel
+
+# FlowFilter fields in flow.proto declaration order (the order protojson prints them in).
+FIELD_BUILDERS: dict[str, Callable[[Any], Predicate]] = {
+    "uuid": event.uuid,
+    "source_ip": ip.source_ip,
+    "source_ip_xlated": ip.source_ip_xlated,
+    "source_pod": k8s.source_pod,
+    "source_fqdn": fqdn.source_fqdn,
+    "source_label": k8s.source_label,
+    "source_service": k8s.source_service,
+    "source_workload": k8s.source_workload,
+    "source_cluster_name": k8s.source_cluster_name,
+    "destination_ip": ip.destination_ip,
+    "destination_pod": k8s.destination_pod,
+    "destination_fqdn": fqdn.destination_fqdn,
+    "destination_label": k8s.destination_label,
+    "destination_service": k8s.destination_service,
+    "destination_workload": k8s.destination_workload,
+    "destination_cluster_name": k8s.destination_cluster_name,
+    "traffic_direction": event.traffic_direction,
+    "verdict": event.verdict,
+    "drop_reason_desc": event.drop_reason_desc,
+    "interface": event.interface,
+    "event_type": event.event_type,
+    "http_status_code": http.http_status_code,
+    "protocol": l4.protocol,
+    "source_port": l4.source_port,
+    "destination_port": l4.destination_port,
+    "reply": event.reply,
+    "dns_query": fqdn.dns_query,
+    "source_identity": k8s.source_identity,
+    "destination_identity": k8s.destination_identity,
+    "http_method": http.http_method,
+    "http_path": http.http_path,
+    "http_url": http.http_url,
+    "http_header": http.http_header,
+    "tcp_flags": l4.tcp_flags,
+    "node_name": node.node_name,
+    "node_labels": k8s.node_labels,
+    "ip_version": event.ip_version,
+    "trace_id": event.trace_id,
+    "ip_trace_id": event.ip_trace_id,
+    "encrypted": event.encrypted,
+}
+FIELD_ORDER = [*FIELD_BUILDERS, "experimental"]
+_ALIASES = {camel(k): k for k in FIELD_ORDER}
+_HTTP_FIELDS = ("http_status_code", "http_method", "http_path", "http_url", "http_header")
+
+_NEEDLE_PRIORITY = [
+    "uuid", "trace_id", "source_ip", "destination_ip", "source_ip_xlated", "source_pod", "destination_pod",
+    "source_service", "destination_service", "source_workload", "destination_workload",
+    "source_cluster_name", "destination_cluster_name", "drop_reason_desc", "source_label",
+    "destination_label", "source_port", "destination_port", "source_identity", "destination_identity",
+    "verdict", "dns_query", "http_header", "http_url", "http_path", "http_method", "http_status_code",
+    "source_fqdn", "destination_fqdn", "tcp_flags", "encrypted", "interface", "event_type", "protocol",
+    "traffic_direction", "ip_version",
+]
+
+# Lines spelled other than compact Go/jq JSON (whitespace between tokens, \u or \/ escapes) may
+# hide a needle; they are always decoded.
+NONCANONICAL_MARKERS = (b"\\u", b"\\/", b'": ', b'" :', b'"\t', b":\t", b'"\r', b":\r")
+
+
+def canonical_filter(obj: Any) -> dict[str, Any]:
+    """A FlowFilter dict with proto field names, in declaration order; unknown fields rejected."""
+    if not isinstance(obj, Mapping):
+        raise FilterError("a flow filter must be a JSON object")
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _ALIASES.get(key, key)
+        if name not in FIELD_ORDER:
+            raise FilterError(f"unknown field {key!r} in flow filter")
+        if value is None or value == [] or value == {}:
+            continue
+        out[name] = value
+    return {k: out[k] for k in FIELD_ORDER if k in out}
+
+
+def parse_filter_json(text: str) -> list[dict[str, Any]]:
+    """Parse one or more concatenated JSON FlowFilters (``{...}{...}`` or ``{...},{...}``)."""
+    filters: list[dict[str, Any]] = []
+    dec = text.strip()
+    pos = 0
+    while pos < len(dec):
+        while pos < len(dec) and dec[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(dec):
+            break
+        end = _object_end(dec, pos)
+        try:
+            obj = orjson.loads(dec[pos:end])
+        except orjson.JSONDecodeError as exc:
+            raise FilterError(f"invalid flow filter JSON {dec[pos:end]!r}: {exc}") from exc
+        filters.append(canonical_filter(obj))
+        pos = end
+    return filters
+
+
+def _object_end(s: str, start: int) -> int:
+    if s[start] != "{":
+        raise FilterError(f"invalid flow filter JSON: expected '{{' at {s[start:start + 20]!r}")
+    depth = 0
+    in_str = False
+    esc = False
+    for i in range(start, len(s)):
+        c = s[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise FilterError("invalid flow filter JSON: unterminated object")
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """One FlowFilter: the AND of its field predicates."""
+
+    spec: dict[str, Any]
+    predicates: tuple[Predicate, ...]
+
+    def mask(self, cols: Columns) -> Mask:
+        out = np.ones(cols.n, dtype=bool)
+        for p in self.predicates:
+            out &= p.fn(cols)
+            if not out.any():
+                break
+        return out
+
+    def needle_groups(self) -> list[tuple[bytes, ...]] | None:
+        """Needle groups of the predicates, the likely rarest first (the reader scans the first
+        group over the whole block and checks the others only on the lines it found)."""
+        preds = sorted(
+            (p for p in self.predicates if p.needles),
+            key=lambda p: _NEEDLE_PRIORITY.index(p.field) if p.field in _NEEDLE_PRIORITY else 99,
+        )
+        return [p.needles for p in preds if p.needles] or None
+
+
+def compile_filter(spec: Mapping[str, Any]) -> CompiledFilter:
+    spec = canonical_filter(spec)
+    if "experimental" in spec:
+        raise FilterError("CEL expressions (experimental.cel_expression) are not supported yet")
+    if any(f in spec for f in _HTTP_FIELDS) and "event_type" in spec:
+        types = {int(e.get("type", 0) or 0) for e in spec["event_type"] if isinstance(e, Mapping)}
+        if types != {129}:
+            raise FilterError("filtering by http fields requires the event type filter to only match 'l7' events")
+    preds = tuple(FIELD_BUILDERS[name](value) for name, value in spec.items())
+    return CompiledFilter(spec, preds)
+
+
+class FilterSet:
+    """Allowlist and denylist of FlowFilters, applied as hubble's ``filters.Apply``."""
+
+    def __init__(self, allow: Sequence[CompiledFilter], deny: Sequence[CompiledFilter]) -> None:
+        self.allow = list(allow)
+        self.deny = list(deny)
+
+    @classmethod
+    def compile(
+        cls, allowlist: Sequence[Mapping[str, Any]] = (), denylist: Sequence[Mapping[str, Any]] = ()
+    ) -> FilterSet:
+        return cls([compile_filter(f) for f in allowlist], [compile_filter(f) for f in denylist])
+
+    @property
+    def empty(self) -> bool:
+        return not self.allow and not self.deny
+
+    @property
+    def paths(self) -> set[str]:
+        """Flow fields the filters read (for a projected decode)."""
+        return {p for f in self.allow + self.deny for pred in f.predicates for p in pred.paths}
+
+    def needle_groups(self) -> list[list[tuple[bytes, ...]]] | None:
+        """Prefilter: a line can pass only if, for some allowlist filter, it contains a needle of
+        every group of that filter. None when any line may pass."""
+        if not self.allow:
+            return None
+        out = []
+        for f in self.allow:
+            groups = f.needle_groups()
+            if groups is None:
+                return None
+            out.append(groups)
+        return out
+
+    def mask(self, table: pa.Table) -> Mask:
+        """Boolean mask of the rows of a decoded batch that pass."""
+        cols = Columns(table)
+        if self.allow:
+            keep = np.zeros(cols.n, dtype=bool)
+            for f in self.allow:
+                keep |= f.mask(cols)
+        else:
+            keep = np.ones(cols.n, dtype=bool)
+        for f in self.deny:
+            if keep.any():
+                keep &= ~f.mask(cols)
+        return keep
+
+    def raw(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return [f.spec for f in self.allow], [f.spec for f in self.deny]
+
+
+__all__ = ["FIELD_ORDER", "FilterError", "FilterSet", "canonical_filter", "parse_filter_json"]

@@ -1,0 +1,196 @@
+"""Filters on the flow's own fields: uuid, verdict, drop reason, event type, direction, reply,
+IP version, encryption, trace ids, interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, key_needles, str_list, to_mask
+from flowtrail.model import enums
+from flowtrail.model.schema import camel
+
+
+def uuid(values: Any) -> Predicate:
+    ids = str_list("uuid", values)
+
+    def fn(cols: Columns) -> Mask:
+        return to_mask(pc.is_in(cols.get("uuid"), pa.array(ids, pa.string())))
+
+    return Predicate("uuid", ("uuid",), fn, tuple(f'"{u}"'.encode() for u in ids))
+
+
+def _enum_names(field: str, values: Any, table: dict[str, int]) -> list[str]:
+    if not isinstance(values, list):
+        raise FilterError(f"{field}: expected a list")
+    by_number = {v: k for k, v in table.items()}
+    out = []
+    for v in values:
+        if isinstance(v, str) and v in table:
+            out.append(v)
+        elif isinstance(v, int) and not isinstance(v, bool) and v in by_number:
+            out.append(by_number[v])
+        else:
+            raise FilterError(f"{field}: invalid value {v!r}")
+    return out
+
+
+def _enum_predicate(field: str, path: str, values: Any, table: dict[str, int]) -> Predicate:
+    names = _enum_names(field, values, table)
+    default = next(k for k, v in table.items() if v == 0)
+
+    def fn(cols: Columns) -> Mask:
+        col = pc.fill_null(cols.get(path), default)
+        return to_mask(pc.is_in(col, pa.array(names, pa.string())))
+
+    needles = None
+    if default not in names:
+        key = path.split(".")[-1]
+        encoded = [f'"{n}"' for n in names] + [str(table[n]) for n in names]
+        needles = key_needles(sorted({key, camel(key)}), encoded)
+    return Predicate(field, (path,), fn, needles)
+
+
+def verdict(values: Any) -> Predicate:
+    return _enum_predicate("verdict", "verdict", values, enums.VERDICT)
+
+
+def drop_reason_desc(values: Any) -> Predicate:
+    return _enum_predicate("drop_reason_desc", "drop_reason_desc", values, enums.DROP_REASON)
+
+
+def traffic_direction(values: Any) -> Predicate:
+    return _enum_predicate("traffic_direction", "traffic_direction", values, enums.TRAFFIC_DIRECTION)
+
+
+def ip_version(values: Any) -> Predicate:
+    return _enum_predicate("ip_version", "IP.ipVersion", values, enums.IP_VERSION)
+
+
+def event_type(values: Any) -> Predicate:
+    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+        raise FilterError("event_type: expected a list of {type, match_sub_type, sub_type} objects")
+    entries = []
+    for v in values:
+        names = {"type", "match_sub_type", "sub_type", "matchSubType", "subType"}
+        if set(v) - names:
+            raise FilterError(f"event_type: unknown key(s) {sorted(set(v) - names)}")
+        entries.append(
+            (
+                int(v.get("type", 0) or 0),
+                bool(v.get("match_sub_type", v.get("matchSubType", False))),
+                int(v.get("sub_type", v.get("subType", 0)) or 0),
+            )
+        )
+
+    def fn(cols: Columns) -> Mask:
+        present = cols.valid("event_type")
+        typ = pc.fill_null(cols.get("event_type.type"), 0).to_numpy(zero_copy_only=False)
+        sub = pc.fill_null(cols.get("event_type.sub_type"), 0).to_numpy(zero_copy_only=False)
+        out = np.zeros(cols.n, dtype=bool)
+        for t, match_sub, s in entries:
+            m = present.copy()
+            if t != 0:
+                m &= typ == t
+            if match_sub:
+                m &= sub == s
+            out |= m
+        return out
+
+    needles = None
+    if all(t != 0 for t, _, _ in entries):
+        needles = tuple(f'"type":{t}'.encode() for t, _, _ in entries) + tuple(
+            f'"type":"{t}'.encode() for t, _, _ in entries
+        )
+    return Predicate("event_type", ("event_type",), fn, needles)
+
+
+def reply(values: Any) -> Predicate:
+    if not isinstance(values, list) or not all(isinstance(v, bool) for v in values):
+        raise FilterError("reply: expected a list of booleans")
+    wanted = set(values)
+
+    def fn(cols: Columns) -> Mask:
+        is_reply = cols.get("is_reply")
+        known = to_mask(is_reply.is_valid())
+        val = to_mask(is_reply)
+        # hubble treats an unknown is_reply on DROPPED flows as false (Hubble UI compatibility)
+        dropped = to_mask(pc.equal(cols.get("verdict"), "DROPPED"))
+        val = np.where(known, val, False)
+        known = known | dropped
+        out = np.zeros(cols.n, dtype=bool)
+        for w in wanted:
+            out |= known & (val == w)
+        return out
+
+    return Predicate("reply", ("is_reply", "verdict"), fn, None)
+
+
+def encrypted(values: Any) -> Predicate:
+    if not isinstance(values, list) or not all(isinstance(v, bool) for v in values):
+        raise FilterError("encrypted: expected a list of booleans")
+    wanted = set(values)
+
+    def fn(cols: Columns) -> Mask:
+        enc = to_mask(cols.get("IP.encrypted"))
+        out = np.zeros(cols.n, dtype=bool)
+        for w in wanted:
+            out |= enc == w
+        return out
+
+    needles = (b'"encrypted":true',) if wanted == {True} else None
+    return Predicate("encrypted", ("IP.encrypted",), fn, needles)
+
+
+def trace_id(values: Any) -> Predicate:
+    ids = str_list("trace_id", values)
+
+    def fn(cols: Columns) -> Mask:
+        return to_mask(pc.is_in(cols.get("trace_context.parent.trace_id"), pa.array(ids, pa.string())))
+
+    return Predicate("trace_id", ("trace_context.parent.trace_id",), fn, tuple(f'"{i}"'.encode() for i in ids))
+
+
+def ip_trace_id(values: Any) -> Predicate:
+    if not isinstance(values, list):
+        raise FilterError("ip_trace_id: expected a list")
+    ids: list[int] = []
+    for v in values:
+        try:
+            n = int(v)
+        except (TypeError, ValueError) as exc:
+            raise FilterError(f"ip_trace_id: invalid value {v!r}") from exc
+        if n <= 0:
+            raise FilterError("ip_trace_id: must be greater than 0")
+        ids.append(n)
+
+    def fn(cols: Columns) -> Mask:
+        col = cols.get("ip_trace_id.trace_id")
+        return to_mask(pc.is_in(col, pa.array([str(i) for i in ids], pa.string())))
+
+    return Predicate("ip_trace_id", ("ip_trace_id.trace_id",), fn, None)
+
+
+def interface(values: Any) -> Predicate:
+    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+        raise FilterError("interface: expected a list of {index, name} objects")
+    wanted = [(int(v.get("index", 0) or 0), str(v.get("name", "") or "")) for v in values]
+
+    def fn(cols: Columns) -> Mask:
+        present = cols.valid("interface")
+        idx = pc.fill_null(cols.get("interface.index"), 0).to_numpy(zero_copy_only=False)
+        name = pc.fill_null(cols.get("interface.name"), "")
+        out = np.zeros(cols.n, dtype=bool)
+        for i, nm in wanted:
+            m = present.copy()
+            if i > 0:
+                m &= idx == i
+            if nm:
+                m &= to_mask(pc.equal(name, nm))
+            out |= m
+        return out
+
+    return Predicate("interface", ("interface",), fn, (b'"interface":',))

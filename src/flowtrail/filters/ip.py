@@ -1,0 +1,53 @@
+"""IP address filters: source_ip, destination_ip, source_ip_xlated (addresses or CIDRs)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, per_unique, str_list
+
+
+def _ip_predicate(field: str, values: Any, path: str) -> Predicate:
+    exact: set[str] = set()
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for v in str_list(field, values):
+        try:
+            if "/" in v:
+                nets.append(ipaddress.ip_network(v, strict=False))
+            else:
+                ipaddress.ip_address(v)
+                exact.add(v)
+        except ValueError as exc:
+            raise FilterError(f"{field}: invalid IP address or CIDR {v!r}") from exc
+
+    def match(ip: str | None) -> bool:
+        if not ip:
+            return False
+        if ip in exact:
+            return True
+        if not nets:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr.version == n.version and addr in n for n in nets)
+
+    def fn(cols: Columns) -> Mask:
+        return per_unique(cols.get(path), match)
+
+    needles = None if nets else tuple(f'"{ip}"'.encode() for ip in sorted(exact))
+    return Predicate(field, (path,), fn, needles)
+
+
+def source_ip(values: Any) -> Predicate:
+    return _ip_predicate("source_ip", values, "IP.source")
+
+
+def destination_ip(values: Any) -> Predicate:
+    return _ip_predicate("destination_ip", values, "IP.destination")
+
+
+def source_ip_xlated(values: Any) -> Predicate:
+    return _ip_predicate("source_ip_xlated", values, "IP.source_xlated")

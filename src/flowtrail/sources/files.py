@@ -1,0 +1,126 @@
+"""Hubble JSON line files: plain, gzip or stdin, single files or directories of rotated exporter
+logs, read as blocks of whole lines."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+BLOCK_SIZE = 8 << 20
+_ROTATED = re.compile(r"^(?P<base>.+?)(?:-(?P<stamp>\d{4}-\d{2}-\d{2}T[\d.-]+))?\.(?P<ext>log|jsonl?|json)(?:\.gz)?$")
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input: a file path, or ``-`` for standard input."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        return "<stdin>" if self.path == "-" else self.path
+
+    @property
+    def is_stdin(self) -> bool:
+        return self.path == "-"
+
+    def is_gzip(self) -> bool:
+        if self.is_stdin:
+            return False
+        with open(self.path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+
+    def size(self) -> int:
+        return 0 if self.is_stdin else os.path.getsize(self.path)
+
+
+def expand_inputs(paths: list[str]) -> list[Input]:
+    """Files as given; a directory becomes its exporter files (``events.log`` and rotated
+    ``events-<time>.log[.gz]``), oldest first, the live file last."""
+    out: list[Input] = []
+    for p in paths:
+        if p != "-" and os.path.isdir(p):
+            files = sorted(f for f in Path(p).iterdir() if f.is_file() and _ROTATED.match(f.name))
+            if not files:
+                raise FileNotFoundError(f"{p}: no Hubble export files (*.log, *.json, *.jsonl[.gz]) in directory")
+
+            def key(f: Path) -> tuple[str, int, str]:
+                m = _ROTATED.match(f.name)
+                assert m is not None
+                # rotated backups carry a timestamp and are older than the live file without one
+                return (m.group("base"), 0 if m.group("stamp") else 1, m.group("stamp") or "")
+
+            out.extend(Input(str(f)) for f in sorted(files, key=key))
+        elif p != "-" and not os.path.exists(p):
+            raise FileNotFoundError(f"{p}: no such file or directory")
+        else:
+            out.append(Input(p))
+    return out
+
+
+def open_binary(inp: Input) -> BinaryIO:
+    if inp.is_stdin:
+        return sys.stdin.buffer
+    if inp.is_gzip():
+        return gzip.open(inp.path, "rb")  # type: ignore[return-value]
+    return open(inp.path, "rb")
+
+
+def iter_blocks(fh: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[tuple[bytes, int]]:
+    """Yield (block of whole lines, number of its first line); a final unterminated line counts."""
+    line = 1
+    rest = b""
+    while True:
+        chunk = fh.read(block_size)
+        if not chunk:
+            break
+        data = rest + chunk if rest else chunk
+        cut = data.rfind(b"\n")
+        if cut == -1:
+            rest = data
+            continue
+        block, rest = data[: cut + 1], data[cut + 1 :]
+        yield block, line
+        line += block.count(b"\n")
+    if rest:
+        yield rest, line
+
+
+def split_ranges(path: str, block_size: int = BLOCK_SIZE) -> list[tuple[int, int]]:
+    """Byte ranges of a regular file, each ending just after a newline (or at EOF)."""
+    size = os.path.getsize(path)
+    ranges = []
+    start = 0
+    with open(path, "rb") as fh:
+        while start < size:
+            target = start + block_size
+            if target >= size:
+                ranges.append((start, size))
+                break
+            fh.seek(target)
+            end = size
+            while True:
+                window = fh.read(1 << 16)
+                if not window:
+                    break
+                nl = window.find(b"\n")
+                if nl != -1:
+                    end = fh.tell() - len(window) + nl + 1
+                    break
+            ranges.append((start, end))
+            start = end
+    return ranges
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, end - start, start)
+    finally:
+        os.close(fd)

@@ -1,0 +1,22 @@
+"""Shared fixtures: paths to ../shared reference data, UTC like the golden recordings."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GOLDEN_DIR = SHARED / "data" / "hubble-golden"
+SAMPLES_DIR = SHARED / "data" / "hubble-samples"
+# The bundled copy keeps tests and the demo working when ../shared is absent.
+BUNDLED = REPO / "src" / "flowtrail" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _utc() -> None:
+    os.environ["TZ"] = "UTC"
+    time.tzset()
