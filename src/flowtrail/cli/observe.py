@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 from flowtrail.cli.engine import BlockProcessor, ObserveSpec, Totals, run_input
 from flowtrail.filters import FilterError, FilterSet
 from flowtrail.filters.compile import parse_filter_json
-from flowtrail.filters.flags import BOOL_FILTER_FLAGS, FILTER_FLAGS, FlagError, FlagFilters
+from flowtrail.filters.flags import BOOL_FILTER_FLAGS, FILTER_FLAGS, FlagFilters
 from flowtrail.model.schema import lookup
 from flowtrail.model.timeutil import TIME_FORMATS, parse_time_arg
 from flowtrail.sinks.printer import OUTPUT_FORMATS, PrintOptions, table_header, tabulate
@@ -320,7 +320,7 @@ def _records(proc: BlockProcessor, inputs: list[Any], opts: Options, totals: Tot
                 for rec in res.records:
                     yield 0, rec
             else:
-                yield from zip(res.times, res.records)
+                yield from zip(res.times, res.records, strict=True)
 
     if len(inputs) == 1:
         for _, rec in one(inputs[0]):

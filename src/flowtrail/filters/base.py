@@ -94,5 +94,16 @@ def str_list(field: str, values: Any) -> list[str]:
 
 
 def key_needles(keys: Sequence[str], encoded_values: Sequence[str]) -> tuple[bytes, ...]:
-    """``"key":value`` for every proto/camel key spelling and every encoded value."""
-    return tuple(f'"{k}":{v}'.encode() for k in keys for v in encoded_values)
+    """``"key":value`` and ``"key": value`` for every key spelling and encoded value (for values
+    too short to be needles on their own, e.g. enum numbers)."""
+    return tuple(f'"{k}":{sep}{v}'.encode() for k in keys for v in encoded_values for sep in ("", " "))
+
+
+def quoted(values: Sequence[str], prefix: bool = False) -> tuple[bytes, ...]:
+    """A string value as it appears in JSON whatever the spacing: ``"value"`` (or ``"prefix``)."""
+    return tuple(f'"{v}{"" if prefix else chr(34)}'.encode() for v in values)
+
+
+def digits(values: Sequence[int]) -> tuple[bytes, ...]:
+    """A number as it appears in JSON whatever the spacing or quoting: its decimal digits."""
+    return tuple(str(v).encode() for v in values)

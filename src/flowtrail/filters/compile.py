@@ -77,9 +77,10 @@ _NEEDLE_PRIORITY = [
     "traffic_direction", "ip_version",
 ]
 
-# Lines spelled other than compact Go/jq JSON (whitespace between tokens, \u or \/ escapes) may
-# hide a needle; they are always decoded.
-NONCANONICAL_MARKERS = (b"\\u", b"\\/", b'": ', b'" :', b'"\t', b":\t", b'"\r', b":\r")
+# Lines where a needle could hide behind an unusual spelling are always decoded: tabs or CRs as
+# JSON whitespace, and \u / \/ escapes (found via their backslash, checked per occurrence).
+# Needles themselves are written to survive spaces around ':' (quoted values, bare digits).
+NONCANONICAL_MARKERS = (b"\t", b"\r", b"\\u", b"\\/")
 
 
 def canonical_filter(obj: Any) -> dict[str, Any]:

@@ -9,7 +9,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, key_needles, str_list, to_mask
+from flowtrail.filters.base import (
+    Columns,
+    FilterError,
+    Mask,
+    Predicate,
+    digits,
+    key_needles,
+    quoted,
+    str_list,
+    to_mask,
+)
 from flowtrail.model import enums
 from flowtrail.model.schema import camel
 
@@ -20,7 +30,7 @@ def uuid(values: Any) -> Predicate:
     def fn(cols: Columns) -> Mask:
         return to_mask(pc.is_in(cols.get("uuid"), pa.array(ids, pa.string())))
 
-    return Predicate("uuid", ("uuid",), fn, tuple(f'"{u}"'.encode() for u in ids))
+    return Predicate("uuid", ("uuid",), fn, quoted(ids))
 
 
 def _enum_names(field: str, values: Any, table: dict[str, int]) -> list[str]:
@@ -49,8 +59,7 @@ def _enum_predicate(field: str, path: str, values: Any, table: dict[str, int]) -
     needles = None
     if default not in names:
         key = path.split(".")[-1]
-        encoded = [f'"{n}"' for n in names] + [str(table[n]) for n in names]
-        needles = key_needles(sorted({key, camel(key)}), encoded)
+        needles = quoted(names) + key_needles(sorted({key, camel(key)}), [str(table[n]) for n in names])
     return Predicate(field, (path,), fn, needles)
 
 
@@ -102,9 +111,7 @@ def event_type(values: Any) -> Predicate:
 
     needles = None
     if all(t != 0 for t, _, _ in entries):
-        needles = tuple(f'"type":{t}'.encode() for t, _, _ in entries) + tuple(
-            f'"type":"{t}'.encode() for t, _, _ in entries
-        )
+        needles = digits([t for t, _, _ in entries])
     return Predicate("event_type", ("event_type",), fn, needles)
 
 
@@ -141,7 +148,7 @@ def encrypted(values: Any) -> Predicate:
             out |= enc == w
         return out
 
-    needles = (b'"encrypted":true',) if wanted == {True} else None
+    needles = (b'"encrypted"',) if wanted == {True} else None
     return Predicate("encrypted", ("IP.encrypted",), fn, needles)
 
 
@@ -151,7 +158,7 @@ def trace_id(values: Any) -> Predicate:
     def fn(cols: Columns) -> Mask:
         return to_mask(pc.is_in(cols.get("trace_context.parent.trace_id"), pa.array(ids, pa.string())))
 
-    return Predicate("trace_id", ("trace_context.parent.trace_id",), fn, tuple(f'"{i}"'.encode() for i in ids))
+    return Predicate("trace_id", ("trace_context.parent.trace_id",), fn, quoted(ids))
 
 
 def ip_trace_id(values: Any) -> Predicate:
@@ -193,4 +200,4 @@ def interface(values: Any) -> Predicate:
             out |= m
         return out
 
-    return Predicate("interface", ("interface",), fn, (b'"interface":',))
+    return Predicate("interface", ("interface",), fn, (b'"interface"',))

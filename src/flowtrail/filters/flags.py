@@ -271,8 +271,8 @@ class FlagFilters:
             t.both("ip_trace_id", val)
         else:
             raise FilterError(f"unknown filter flag --{name}")
-        for side in (t.left, t.right):
-            _check_namespaces(t, side)
+        for materialised in (t.left, t.right):
+            _check_namespaces(t, materialised)
 
     @staticmethod
     def _value(name: str, val: str) -> Any:

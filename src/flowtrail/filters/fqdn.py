@@ -35,7 +35,7 @@ def _fqdn_predicate(field: str, values: Any, path: str) -> Predicate:
 
     key = path.split(".")[-1]
     camel = "sourceNames" if key == "source_names" else "destinationNames"
-    return Predicate(field, (path,), fn, (f'"{key}":'.encode(), f'"{camel}":'.encode()))
+    return Predicate(field, (path,), fn, (f'"{key}"'.encode(), f'"{camel}"'.encode()))
 
 
 def source_fqdn(values: Any) -> Predicate:
@@ -67,4 +67,4 @@ def dns_query(values: Any) -> Predicate:
     def fn(cols: Columns) -> Mask:
         return regex_any(cols.get("l7.dns.query"), patterns) & cols.valid("l7.dns")
 
-    return Predicate("dns_query", ("l7.dns",), fn, (b'"dns":',))
+    return Predicate("dns_query", ("l7.dns",), fn, (b'"dns"',))

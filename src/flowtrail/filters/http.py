@@ -10,12 +10,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, list_any, per_unique, str_list, to_mask
+from flowtrail.filters.base import (
+    Columns,
+    FilterError,
+    Mask,
+    Predicate,
+    list_any,
+    per_unique,
+    str_list,
+    to_mask,
+)
 from flowtrail.filters.fqdn import check_re2, regex_any
 
 _FULL = re.compile(r"^[1-5][0-9]{2}$")
 _PREFIX = re.compile(r"^[1-5][0-9]?\+$")
-_HTTP_NEEDLES = (b'"http":',)
+_HTTP_NEEDLES = (b'"http"',)
 
 
 def http_status_code(values: Any) -> Predicate:
@@ -35,7 +44,7 @@ def http_status_code(values: Any) -> Predicate:
                 out |= to_mask(pc.starts_with(text, p))
         return out & to_mask(pc.greater(code, 0))
 
-    return Predicate("http_status_code", ("l7.http.code",), fn, (b'"code":',))
+    return Predicate("http_status_code", ("l7.http.code",), fn, (b'"code"',))
 
 
 def http_method(values: Any) -> Predicate:

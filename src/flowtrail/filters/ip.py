@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, per_unique, str_list
+from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, per_unique, quoted, str_list
 
 
 def _ip_predicate(field: str, values: Any, path: str) -> Predicate:
@@ -37,7 +37,7 @@ def _ip_predicate(field: str, values: Any, path: str) -> Predicate:
     def fn(cols: Columns) -> Mask:
         return per_unique(cols.get(path), match)
 
-    needles = None if nets else tuple(f'"{ip}"'.encode() for ip in sorted(exact))
+    needles = None if nets else quoted(sorted(exact))
     return Predicate(field, (path,), fn, needles)
 
 

@@ -13,9 +13,10 @@ from flowtrail.filters.base import (
     FilterError,
     Mask,
     Predicate,
-    key_needles,
+    digits,
     list_any,
     per_unique,
+    quoted,
     str_list,
     to_mask,
 )
@@ -53,18 +54,13 @@ def _ns_name_predicate(field: str, values: Any, ns_path: str, name_path: str, na
     needles: list[bytes] = []
     for want_ns, prefix in patterns:
         if want_ns:
-            needles.append(f'"namespace":"{want_ns}"'.encode())
+            needles.extend(quoted([want_ns]))
         elif prefix:
-            needles.extend(key_needles([name_key, _camel(name_key)], [f'"{prefix}']))
+            needles.extend(quoted([prefix], prefix=True))
         else:
             needles = []
             break
     return Predicate(field, (ns_path, name_path), fn, tuple(needles) or None)
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
 def source_pod(values: Any) -> Predicate:
@@ -150,7 +146,7 @@ def _workload_predicate(field: str, values: Any, path: str) -> Predicate:
 
     needles = None
     if all(name for name, _ in wanted):
-        needles = tuple(f'"name":"{name}"'.encode() for name, _ in wanted)
+        needles = quoted([name for name, _ in wanted])
     return Predicate(field, (path,), fn, needles)
 
 
@@ -170,7 +166,7 @@ def _cluster_predicate(field: str, values: Any, path: str) -> Predicate:
     def fn(cols: Columns) -> Mask:
         return to_mask(pc.is_in(cols.get(path), pa.array(names, pa.string())))
 
-    return Predicate(field, (path,), fn, key_needles(["cluster_name", "clusterName"], [f'"{n}"' for n in names]))
+    return Predicate(field, (path,), fn, quoted(names))
 
 
 def source_cluster_name(values: Any) -> Predicate:
@@ -204,7 +200,7 @@ def _identity_predicate(field: str, values: Any, path: str) -> Predicate:
     def fn(cols: Columns) -> Mask:
         return to_mask(pc.is_in(pc.fill_null(cols.get(path), 0), pa.array(ids, pa.int64())))
 
-    needles = None if 0 in ids else key_needles(["identity"], [str(i) for i in ids] + [f'"{i}' for i in ids])
+    needles = None if 0 in ids else digits(ids)
     return Predicate(field, (path,), fn, needles)
 
 

@@ -8,22 +8,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, key_needles, str_list, to_mask
+from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, digits, str_list, to_mask
 from flowtrail.model.schema import TCP_FLAGS
 
 # protocol name → (paths that must be present, needles)
 _PROTOCOLS: dict[str, tuple[tuple[str, ...], tuple[bytes, ...]]] = {
-    "tcp": (("l4.TCP",), (b'"TCP":',)),
-    "udp": (("l4.UDP",), (b'"UDP":',)),
-    "sctp": (("l4.SCTP",), (b'"SCTP":',)),
-    "icmp": (("l4.ICMPv4", "l4.ICMPv6"), (b'"ICMPv4":', b'"ICMPv6":')),
-    "icmpv4": (("l4.ICMPv4",), (b'"ICMPv4":',)),
-    "icmpv6": (("l4.ICMPv6",), (b'"ICMPv6":',)),
-    "vrrp": (("l4.VRRP",), (b'"VRRP":',)),
-    "igmp": (("l4.IGMP",), (b'"IGMP":',)),
-    "dns": (("l7.dns",), (b'"dns":',)),
-    "http": (("l7.http",), (b'"http":',)),
-    "kafka": (("l7.kafka",), (b'"kafka":',)),
+    "tcp": (("l4.TCP",), (b'"TCP"',)),
+    "udp": (("l4.UDP",), (b'"UDP"',)),
+    "sctp": (("l4.SCTP",), (b'"SCTP"',)),
+    "icmp": (("l4.ICMPv4", "l4.ICMPv6"), (b'"ICMPv4"', b'"ICMPv6"')),
+    "icmpv4": (("l4.ICMPv4",), (b'"ICMPv4"',)),
+    "icmpv6": (("l4.ICMPv6",), (b'"ICMPv6"',)),
+    "vrrp": (("l4.VRRP",), (b'"VRRP"',)),
+    "igmp": (("l4.IGMP",), (b'"IGMP"',)),
+    "dns": (("l7.dns",), (b'"dns"',)),
+    "http": (("l7.http",), (b'"http"',)),
+    "kafka": (("l7.kafka",), (b'"kafka"',)),
 }
 _PORT_L4 = ("TCP", "UDP", "SCTP")
 
@@ -70,8 +70,7 @@ def _port_predicate(side: str, values: Any) -> Predicate:
         port, has = port_column(cols, side)
         return has & np.isin(port, ports)
 
-    camel = "sourcePort" if side == "source" else "destinationPort"
-    needles = None if 0 in ports else key_needles([field, camel], [str(p) for p in ports] + [f'"{p}' for p in ports])
+    needles = None if 0 in ports else digits(ports)
     return Predicate(field, paths, fn, needles)
 
 
@@ -103,9 +102,7 @@ def tcp_flags(values: Any) -> Predicate:
             out |= m
         return out
 
-    needles: tuple[bytes, ...] | None = tuple(
-        f'"{flags[0]}":true'.encode() if flags else b'"flags":' for flags in entries
-    )
+    needles: tuple[bytes, ...] | None = tuple(f'"{flags[0]}"'.encode() if flags else b'"flags"' for flags in entries)
     return Predicate("tcp_flags", ("l4.TCP.flags",), fn, needles)
 
 

@@ -12,7 +12,17 @@ import re
 from typing import Any
 
 from flowtrail.model import enums
-from flowtrail.model.schema import ENUM, ENVELOPE, FLOW, OTHER_EVENT_KEYS, Message, Repeated, Scalar, Spec, camel
+from flowtrail.model.schema import (
+    ENUM,
+    ENVELOPE,
+    FLOW,
+    OTHER_EVENT_KEYS,
+    Message,
+    Repeated,
+    Scalar,
+    Spec,
+    camel,
+)
 
 # Keys that only a Flow object has: a line carrying any of them at top level is a legacy bare flow.
 _LEGACY_FLOW_KEYS = frozenset(

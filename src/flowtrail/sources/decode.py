@@ -69,7 +69,7 @@ class Decoded:
 
     table: pa.Table
     raw: list[bytes]
-    line_numbers: list[int]
+    line_numbers: Sequence[int]
     errors: list[DecodeError] = field(default_factory=list)
     stats: DecodeStats = field(default_factory=DecodeStats)
 
@@ -111,7 +111,7 @@ class Decoder:
             lines = data.split(b"\n")
             if lines and not lines[-1]:
                 lines.pop()
-            numbers = list(range(first_line, first_line + len(lines)))
+            numbers: Sequence[int] = range(first_line, first_line + len(lines))
             stats_lines = len(lines)
         else:
             lines, numbers = _candidate_lines(data, needle_groups, markers, first_line)
@@ -122,7 +122,7 @@ class Decoder:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _decode(self, lines: list[bytes], numbers: list[int], source: str) -> Decoded:
+    def _decode(self, lines: list[bytes], numbers: Sequence[int], source: str) -> Decoded:
         stats = DecodeStats(lines=len(lines))
         errors: list[DecodeError] = []
         if any(b"\r" in ln for ln in lines[:1]) or any(ln.endswith(b"\r") for ln in lines):
@@ -197,7 +197,7 @@ class Decoder:
         lost = table.column("lost_events").is_valid() if table.num_rows else None
         stats.lost_events = int(pc.sum(lost).as_py() or 0) if lost is not None else 0
         stats.flows = table.num_rows - stats.lost_events
-        return Decoded(table, raw, [numbers[i] for i in order], errors, stats)
+        return Decoded(table, raw, _Reindexed(numbers, order), errors, stats)
 
     def _parse_fast(self, lines: list[bytes], idx: list[int]) -> tuple[pa.Table, list[int], list[int]]:
         """Parse lines[idx] with Arrow: the table of accepted rows, their indices, the rejected ones."""
@@ -253,7 +253,7 @@ def _candidate_lines(
     needle_groups: Sequence[Sequence[Sequence[bytes]]],
     markers: Sequence[bytes],
     first_line: int,
-) -> tuple[list[bytes], list[int]]:
+) -> tuple[list[bytes], _LineNumbers]:
     """Lines of ``data`` that may pass the prefilter, with their line numbers."""
     find = data.find
     chosen: set[int] = set()
@@ -273,16 +273,46 @@ def _candidate_lines(
             starts = kept
         chosen |= starts
     for marker in markers:
+        if marker.startswith(b"\\") and len(marker) == 2:
+            continue
         _line_starts(data, marker, chosen)
-    lines: list[bytes] = []
-    numbers: list[int] = []
-    line_no = first_line
-    prev = 0
-    count = data.count
-    for s in sorted(chosen):
-        line_no += count(b"\n", prev, s)
-        prev = s
+    escapes = {m[1:2] for m in markers if m.startswith(b"\\") and len(m) == 2}
+    if escapes:
+        # one memchr pass for backslashes; most are \" in DNS summaries and need no decode
+        pos = find(b"\\")
+        while pos != -1:
+            nxt = data[pos + 1 : pos + 2]
+            if nxt in escapes:
+                chosen.add(data.rfind(b"\n", 0, pos) + 1)
+            pos = find(b"\\", pos + 2 if nxt == b"\\" else pos + 1)
+    ordered = sorted(chosen)
+    lines = []
+    for s in ordered:
         e = find(b"\n", s)
         lines.append(data[s : len(data) if e == -1 else e])
-        numbers.append(line_no)
-    return lines, numbers
+    return lines, _LineNumbers(data, ordered, first_line)
+
+
+class _LineNumbers(Sequence[int]):
+    """Line numbers of candidate lines, counted only when asked (for error reports): counting
+    newlines up to every candidate would cost a pass over the block."""
+
+    def __init__(self, data: bytes, starts: list[int], first_line: int) -> None:
+        self._data, self._starts, self._first = data, starts, first_line
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        return self._first + self._data.count(b"\n", 0, self._starts[i])
+
+
+class _Reindexed(Sequence[int]):
+    def __init__(self, base: Sequence[int], order: list[int]) -> None:
+        self._base, self._order = base, order
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        return self._base[self._order[i]]
