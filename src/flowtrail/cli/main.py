@@ -6,6 +6,7 @@ import click
 
 from flowtrail import __version__
 from flowtrail.cli.observe import OBSERVE_HELP, observe_main
+from flowtrail.cli.simulate import simulate_cmd
 
 _RAW = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
@@ -23,6 +24,9 @@ def observe(args: tuple[str, ...]) -> None:
     # hubble's flags are order-sensitive (--not applies to the next filter flag), so they are
     # parsed by observe_main rather than by click.
     raise SystemExit(observe_main(list(args)))
+
+
+cli.add_command(simulate_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The lab: a realistic cluster-traffic and attack simulator writing Hubble flows."""

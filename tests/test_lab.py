@@ -1,0 +1,176 @@
+"""The lab simulator: real Hubble shapes, lossless round trip, ground truth, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowtrail.lab.cluster import ClusterError, load_cluster
+from flowtrail.lab.scenarios import SCENARIOS, parse_scenario
+from flowtrail.lab.simulate import NS, Options, simulate
+
+from .conftest import REPO, SHARED
+
+sys.path.insert(0, str(REPO / "bench"))
+import check_genflows  # noqa: E402  (bench/ is not a package)
+
+CATEGORIES = {"scan", "policy-gap", "external-egress", "dns-c2", "kube-api", "namespace-breach", "drop-spike",
+              "threat-intel", "anomaly"}
+ALL = [f"{name}" for name in SCENARIOS]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict]]:
+    d = tmp_path_factory.mktemp("lab")
+    out, truth = d / "flows.jsonl", d / "truth.jsonl"
+    stats = simulate(Options(scenarios=ALL, duration_ns=120 * NS, seed=7, rate=120, output=str(out),
+                             truth=str(truth)))
+    assert stats.flows > 5000
+    return out, truth, [json.loads(x) for x in truth.read_text().splitlines()]
+
+
+def flowtrail(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "flowtrail.cli.main", *args], capture_output=True, check=False)
+
+
+def test_decoder_reads_every_line_and_json_round_trip_is_lossless(sim: tuple[Path, Path, list[dict]]) -> None:
+    out, _, _ = sim
+    res = flowtrail("observe", "--input-file", str(out), "--all", "-o", "json", "--strict")
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    assert b"skipped" not in res.stderr and b"warning" not in res.stderr.lower()
+    assert res.stdout == out.read_bytes()
+
+
+def test_shapes_follow_flow_proto_and_real_samples(sim: tuple[Path, Path, list[dict]]) -> None:
+    out, _, _ = sim
+    text = (SHARED / "docs" / "hubble-reference.md").read_text()
+    messages, enums = check_genflows.parse_reference(text)
+    allowed = check_genflows.proto_paths(messages) | check_genflows.sample_paths()
+    checker = check_genflows.Checker(messages, enums)
+    seen: set[str] = set()
+    for i, line in enumerate(out.read_text().splitlines(), 1):
+        obj = json.loads(line)
+        seen |= check_genflows.key_paths(obj)
+        checker.check_message(obj, "GetFlowsResponse", "", i)
+    assert not checker.errors, dict(checker.errors)
+    assert seen <= allowed, sorted(seen - allowed)
+    # the shapes a detector relies on are all present
+    for path in ("flow.l7.dns.rcode", "flow.l7.http.code", "flow.destination_names", "flow.drop_reason_desc",
+                 "flow.is_reply", "flow.trace_observation_point", "flow.l4.TCP.flags.SYN",
+                 "flow.ingress_allowed_by", "flow.destination_service.name", "flow.source.workloads"):
+        assert path in seen, path
+
+
+def test_flows_are_sorted_and_realistic(sim: tuple[Path, Path, list[dict]]) -> None:
+    out, _, _ = sim
+    flows = [json.loads(x)["flow"] for x in out.read_text().splitlines()]
+    times = [f["time"] for f in flows]
+    assert len({f["uuid"] for f in flows}) == len(flows)
+    from flowtrail.model.timeutil import parse_rfc3339_ns
+    ns = [parse_rfc3339_ns(t) for t in times]
+    assert all(a is not None and b is not None and a <= b for a, b in zip(ns, ns[1:], strict=False))
+    points = {f.get("trace_observation_point") for f in flows}
+    assert {"TO_STACK", "TO_ENDPOINT", "TO_PROXY"} <= points
+    assert any(f.get("is_reply") for f in flows) and any(f.get("is_reply") is False for f in flows)
+    drops = [f for f in flows if f["verdict"] == "DROPPED"]
+    assert drops and all(f.get("drop_reason_desc") for f in drops)
+    nx = [f for f in flows if f.get("l7", {}).get("dns", {}).get("rcode") == 3]
+    assert nx, "search-path NXDOMAIN noise"
+    world = [f for f in flows if "reserved:world" in f["destination"].get("labels", []) and "destination_names" in f]
+    assert world
+    api = [f for f in flows if "reserved:kube-apiserver" in f["destination"].get("labels", [])]
+    assert api and all(f["destination_service"] == {"name": "kubernetes", "namespace": "default"}
+                       for f in api if "destination_service" in f)
+    # TCP flag progression of one connection: SYN, SYN-ACK, ACK ... FIN
+    syn = next(f for f in flows if f["l4"].get("TCP", {}).get("flags") == {"SYN": True}
+               and f["verdict"] == "FORWARDED" and f.get("trace_observation_point") == "TO_STACK")
+    sport = syn["l4"]["TCP"]["source_port"]
+    conn = [f for f in flows if "TCP" in f["l4"] and sport in (f["l4"]["TCP"]["source_port"],
+                                                               f["l4"]["TCP"]["destination_port"])
+            and f["node_name"] == syn["node_name"] and f["Type"] == "L3_L4"]
+    flags = [tuple(sorted(f["l4"]["TCP"]["flags"])) for f in conn]
+    assert flags[0] == ("SYN",) and ("ACK", "SYN") in flags
+
+
+def test_every_scenario_has_ground_truth_in_the_output(sim: tuple[Path, Path, list[dict]]) -> None:
+    out, _, truth = sim
+    uuids = {json.loads(x)["flow"]["uuid"] for x in out.read_text().splitlines()}
+    assert {t["scenario"] for t in truth} == set(SCENARIOS)
+    for t in truth:
+        assert t["category"] in CATEGORIES
+        assert t["flows"] == len(t["uuids"]) > 0, t["scenario"]
+        assert set(t["uuids"]) <= uuids, t["scenario"]
+        assert t["start"] <= t["end"]
+        assert "/" in t["actor"] or t["category"] == "drop-spike"
+
+
+def test_scenario_flows_look_like_the_attack(sim: tuple[Path, Path, list[dict]]) -> None:
+    out, _, truth = sim
+    by_uuid = {}
+    for line in out.read_text().splitlines():
+        f = json.loads(line)["flow"]
+        by_uuid[f["uuid"]] = f
+    t = {x["scenario"]: x for x in truth}
+    scan = [by_uuid[u] for u in t["port-scan"]["uuids"]]
+    assert sum(f["verdict"] == "DROPPED" for f in scan) / len(scan) > 0.8
+    assert len({f["l4"]["TCP"]["destination_port"] for f in scan if f["verdict"] == "DROPPED"}) >= 15
+    c2 = [by_uuid[u] for u in t["dns-c2"]["uuids"]]
+    queries = [f["l7"]["dns"]["query"] for f in c2 if "l7" in f]
+    assert any(q.endswith(".top.") or q.endswith(".xyz.") for q in queries)
+    assert any(f["l7"]["dns"].get("qtypes") == ["TXT"] for f in c2 if "l7" in f)
+    assert any(max(len(label) for label in q.split(".")) > 50 for q in queries)
+    assert any(f.get("destination_names") == ["cdn-update-check.top"] for f in c2)
+    api = [by_uuid[u] for u in t["kube-api"]["uuids"]]
+    assert all(f["source"].get("namespace") == "ml-training" or f["destination"].get("namespace") == "ml-training"
+               for f in api)
+    exfil = [by_uuid[u] for u in t["exfiltration"]["uuids"]]
+    assert any(f["IP"]["destination"] == "185.220.101.47" for f in exfil)
+
+
+def test_deterministic_per_seed(tmp_path: Path) -> None:
+    def run(seed: int, name: str) -> str:
+        p = tmp_path / name
+        simulate(Options(scenarios=["port-scan", "dns-c2"], duration_ns=30 * NS, seed=seed, rate=100, output=str(p)))
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    assert run(3, "a") == run(3, "b")
+    assert run(3, "c") != run(4, "d")
+
+
+def test_rate_and_duration_are_honoured(tmp_path: Path) -> None:
+    p = tmp_path / "f.jsonl"
+    stats = simulate(Options(duration_ns=60 * NS, seed=2, rate=200, output=str(p)))
+    assert 200 * 60 * 0.6 < stats.flows < 200 * 60 * 1.4
+    first = json.loads(p.open().readline())["time"]
+    assert first.startswith("2026-11-26T08:00:0")
+
+
+def test_bad_cluster_files_name_the_place(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("cluster: x\nnamespaces: {a: {}}\nworkloads: [{namespace: a, name: w}]\ntraffic: []\n")
+    with pytest.raises(ClusterError, match=r"c.yaml: workloads/0: 'labels' is a required property"):
+        load_cluster(bad, 1)
+    bad.write_text("cluster: x\n  bad: [\n")
+    with pytest.raises(ClusterError, match=r"c.yaml:\d+: invalid YAML"):
+        load_cluster(bad, 1)
+    with pytest.raises(ClusterError, match="unknown scenario"):
+        parse_scenario("nope")
+    with pytest.raises(ClusterError, match="bad parameter"):
+        parse_scenario("port-scan:speed=3")
+
+
+def test_cli_writes_truth_and_gzip(tmp_path: Path) -> None:
+    out, truth = tmp_path / "f.jsonl.gz", tmp_path / "t.jsonl"
+    res = flowtrail("simulate", "--duration", "20s", "--rate", "100", "-o", str(out), "--truth", str(truth),
+                    "--scenario", "kube-api:connections=3,at=0.1")
+    assert res.returncode == 0, res.stderr.decode()
+    import gzip
+    lines = gzip.decompress(out.read_bytes()).splitlines()
+    assert len(lines) > 500
+    rec = json.loads(truth.read_text())
+    assert rec["scenario"] == "kube-api" and rec["params"]["connections"] == "3"
