@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from flowtrail.lab.simulate import NS, Options, simulate
 from .conftest import REPO, SHARED
 
 sys.path.insert(0, str(REPO / "bench"))
-import check_genflows  # noqa: E402  (bench/ is not a package)
+import check_genflows  # bench/ is not a package
 
 CATEGORIES = {"scan", "policy-gap", "external-egress", "dns-c2", "kube-api", "namespace-breach", "drop-spike",
               "threat-intel", "anomaly"}
@@ -73,7 +74,7 @@ def test_flows_are_sorted_and_realistic(sim: tuple[Path, Path, list[dict]]) -> N
     assert len({f["uuid"] for f in flows}) == len(flows)
     from flowtrail.model.timeutil import parse_rfc3339_ns
     ns = [parse_rfc3339_ns(t) for t in times]
-    assert all(a is not None and b is not None and a <= b for a, b in zip(ns, ns[1:], strict=False))
+    assert all(a is not None and b is not None and a <= b for a, b in itertools.pairwise(ns))
     points = {f.get("trace_observation_point") for f in flows}
     assert {"TO_STACK", "TO_ENDPOINT", "TO_PROXY"} <= points
     assert any(f.get("is_reply") for f in flows) and any(f.get("is_reply") is False for f in flows)

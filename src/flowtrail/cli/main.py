@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from flowtrail import __version__
+from flowtrail.cli.detect import baseline_cmd, detect_cmd, rules_cmd
 from flowtrail.cli.observe import OBSERVE_HELP, observe_main
 from flowtrail.cli.simulate import simulate_cmd
 
@@ -27,6 +28,9 @@ def observe(args: tuple[str, ...]) -> None:
 
 
 cli.add_command(simulate_cmd)
+cli.add_command(detect_cmd)
+cli.add_command(rules_cmd)
+cli.add_command(baseline_cmd)
 
 
 def main() -> None:

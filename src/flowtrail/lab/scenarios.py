@@ -306,7 +306,7 @@ def threat_intel(ctx: Context, p: dict[str, str]) -> Run:
 
 
 @scenario("new-edge", "anomaly", ("T1210",), "a workload pair that never talked before starts talking",
-          actor="app/cart", target="payments/ledger", port="8080", connections="5", at="0.85", span="2m")
+          actor="app/cart", target="production/search", port="9200", connections="5", at="0.85", span="2m")
 def new_edge(ctx: Context, p: dict[str, str]) -> Run:
     actor = actor_pod(ctx, p["actor"])
     servers = targets_in(ctx, p["target"])

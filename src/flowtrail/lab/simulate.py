@@ -159,9 +159,10 @@ class _Writer:
         if path == "-":
             self.out = sys.stdout.buffer
         elif path.endswith(".gz"):
-            self.out = gzip.open(path, "wb", compresslevel=1)
+            self.out = gzip.open(path, "wb", compresslevel=1)  # noqa: SIM115
         else:
-            self.out = open(path, "wb")  # noqa: SIM115  # the writer thread owns it; close() closes it
+            # the writer thread owns the file; close() closes it
+            self.out = open(path, "wb")  # noqa: SIM115
         self.path = path
         self.thread = threading.Thread(target=self._run, name="simulate-writer", daemon=True)
         self.thread.start()

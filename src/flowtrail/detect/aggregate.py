@@ -1,0 +1,223 @@
+"""Stateful, incremental aggregation of a rule's matching rows into alerts.
+
+Rows arrive per batch, already selected by the rule and sorted by flow time. For each group
+(the rule's `group_by` key) an aggregator marks the rows at which the condition holds
+("candidates"); `Alerts.assign` then opens an alert at the first candidate, and every later row
+of the group joins it until the suppression interval has passed. State carried between batches
+is bounded (window tails, value→last-seen maps within the timespan), so feeding a file as one
+batch or as many small ones gives the same alerts.
+
+Work is per group with numpy (`event_count`, `match`); `value_count` and `rate_spike` step
+through the group's rows because a sliding distinct count has no closed vectorized form, but
+they only ever see rows their rule selected (drops, DNS answers), not the flow stream.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flowtrail.detect.alerts import EVIDENCE_LIMIT, Alert, entity_of
+from flowtrail.detect.rules import Rule
+
+
+@dataclass
+class Group:
+    """Rows of one group in one batch (indices into the batch's selected rows)."""
+
+    key: str
+    idx: np.ndarray
+    times: np.ndarray
+
+
+class Aggregator:
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def window_start(self, key: str, t: int) -> int:
+        return t
+
+
+class Match(Aggregator):
+    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+        return np.ones(len(g.idx), dtype=bool)
+
+
+class EventCount(Aggregator):
+    def __init__(self, rule: Rule) -> None:
+        super().__init__(rule)
+        self.window = rule.duration(rule.aggregate.get("timespan", "5m"))
+        self.threshold = max(1, int(float(rule.value(rule.aggregate["threshold"]))))
+        self.tails: dict[str, np.ndarray] = {}
+
+    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+        tail = self.tails.get(g.key)
+        allt = g.times if tail is None else np.concatenate([tail, g.times])
+        off = 0 if tail is None else len(tail)
+        pos = np.arange(off, off + len(g.times))
+        lo = np.searchsorted(allt, g.times - self.window, side="left")
+        counts = pos - lo + 1
+        keep = allt[allt >= allt[-1] - self.window][-(self.threshold - 1):] if self.threshold > 1 else allt[:0]
+        self.tails[g.key] = keep
+        return counts >= self.threshold
+
+    def window_start(self, key: str, t: int) -> int:
+        tail = self.tails.get(key)
+        return int(tail[0]) if tail is not None and len(tail) and tail[0] >= t - self.window else t
+
+
+class ValueCount(Aggregator):
+    def __init__(self, rule: Rule) -> None:
+        super().__init__(rule)
+        self.window = rule.duration(rule.aggregate.get("timespan", "5m"))
+        self.threshold = max(1, int(float(rule.value(rule.aggregate["threshold"]))))
+        self.seen: dict[str, OrderedDict[Any, int]] = {}
+
+    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+        assert values is not None
+        seen = self.seen.setdefault(g.key, OrderedDict())
+        out = np.zeros(len(g.idx), dtype=bool)
+        window, threshold = self.window, self.threshold
+        for i, (t, v) in enumerate(zip(g.times.tolist(), values, strict=True)):
+            if v is None:
+                continue
+            if v in seen:
+                seen.move_to_end(v)
+            seen[v] = t
+            while seen:
+                first_v, first_t = next(iter(seen.items()))
+                if first_t >= t - window:
+                    break
+                del seen[first_v]
+            if len(seen) >= threshold:
+                out[i] = True
+        if not seen:
+            del self.seen[g.key]
+        return out
+
+    def window_start(self, key: str, t: int) -> int:
+        seen = self.seen.get(key)
+        return next(iter(seen.values())) if seen else t
+
+    def distinct(self, key: str) -> int:
+        return len(self.seen.get(key, ()))
+
+
+class RateSpike(Aggregator):
+    """Rows in the last `timespan` ≥ max(threshold, factor × mean per timespan over the trailing
+    `baseline_window`)."""
+
+    def __init__(self, rule: Rule) -> None:
+        super().__init__(rule)
+        self.window = rule.duration(rule.aggregate.get("timespan", "1m"))
+        self.history = rule.duration(rule.aggregate.get("baseline_window", "1h"))
+        self.floor = float(rule.value(rule.aggregate["threshold"]))
+        self.factor = float(rule.value(rule.aggregate.get("factor", 10)))
+        self.recent: dict[str, deque[int]] = {}
+        self.buckets: dict[str, dict[int, int]] = {}
+        self.first: dict[str, int] = {}
+
+    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+        recent = self.recent.setdefault(g.key, deque())
+        buckets = self.buckets.setdefault(g.key, {})
+        first = self.first.setdefault(g.key, int(g.times[0]))
+        out = np.zeros(len(g.idx), dtype=bool)
+        w, h = self.window, self.history
+        n_hist = max(h // w, 1)
+        for i, t in enumerate(g.times.tolist()):
+            recent.append(t)
+            while recent[0] < t - w:
+                recent.popleft()
+            b = t // w
+            buckets[b] = buckets.get(b, 0) + 1
+            # trailing buckets strictly before the current one; before an hour of history the
+            # mean is over the time seen so far (at least one window), which the floor guards
+            span = min(n_hist, max((b - first // w), 1))
+            trailing = sum(buckets.get(k, 0) for k in range(b - span, b)) / span
+            if len(recent) >= self.floor and len(recent) >= self.factor * trailing:
+                out[i] = True
+        for k in [k for k in buckets if k < (int(g.times[-1]) // w) - n_hist - 1]:
+            del buckets[k]
+        return out
+
+    def window_start(self, key: str, t: int) -> int:
+        r = self.recent.get(key)
+        return r[0] if r else t
+
+
+def make_aggregator(rule: Rule) -> Aggregator:
+    fn = rule.aggregate["function"]
+    return {"match": Match, "event_count": EventCount, "value_count": ValueCount, "rate_spike": RateSpike}[fn](rule)
+
+
+@dataclass
+class Alerts:
+    """Open and closed alerts of one rule."""
+
+    rule: Rule
+    open: dict[str, Alert] = field(default_factory=dict)
+    done: list[Alert] = field(default_factory=list)
+
+    def assign(self, g: Group, cand: np.ndarray, agg: Aggregator, row: Any) -> None:
+        """Open alerts at candidate rows and attach the group's rows to them.
+
+        `row(i, what)` gives feature values of selected row i (what: entity, workload, peer,
+        uuid, text) without materialising rows that are not needed."""
+        rule = self.rule
+        times = g.times
+        n = len(times)
+        cand_pos = np.flatnonzero(cand)
+        pos = 0
+        alert = self.open.get(g.key)
+        while pos < n:
+            if alert is not None and times[pos] < alert.until:
+                end = int(np.searchsorted(times, alert.until, side="left"))
+                self._attach(alert, g, pos, end, row)
+                pos = end
+                continue
+            k = int(np.searchsorted(cand_pos, pos, side="left"))
+            if k >= len(cand_pos):
+                break
+            at = int(cand_pos[k])
+            t = int(times[at])
+            if alert is not None:
+                self.done.append(alert)
+            i = int(g.idx[at])
+            alert = Alert(rule=rule.id, title=rule.title, category=rule.category, severity=rule.severity,
+                          mitre=list(rule.mitre), entity=entity_of(rule.entity_kind, row(i, "entity"),
+                                                                   row(i, "workload")),
+                          group=g.key, first_seen=min(agg.window_start(g.key, t), t), detected_at=t,
+                          last_seen=t, description=rule.description, remediation=rule.remediation,
+                          until=t + rule.suppress_ns)
+            if isinstance(agg, ValueCount):
+                alert.details["distinct"] = agg.distinct(g.key)
+            elif isinstance(agg, EventCount | RateSpike):
+                alert.details["threshold"] = agg.threshold if isinstance(agg, EventCount) else agg.floor
+            self.open[g.key] = alert
+            pos = at
+        if alert is not None:
+            self.open[g.key] = alert
+
+    @staticmethod
+    def _attach(alert: Alert, g: Group, start: int, end: int, row: Any) -> None:
+        if end <= start:
+            return
+        alert.count += end - start
+        alert.last_seen = max(alert.last_seen, int(g.times[end - 1]))
+        room = EVIDENCE_LIMIT - len(alert.evidence)
+        for j in range(start, min(end, start + max(room, 0))):
+            i = int(g.idx[j])
+            alert.evidence.append(row(i, "uuid"))
+            if len(alert.evidence_text) < 3:
+                alert.evidence_text.append(row(i, "text"))
+        peers = row(g.idx[start:end], "peers")
+        alert.peers.update(peers)
+
+    def all(self) -> list[Alert]:
+        return [*self.done, *self.open.values()]

@@ -1,0 +1,209 @@
+"""The detection engine: decoded batches in, alerts out. Pure: no files, no network.
+
+Per batch: features are built once (detect/features.py); each enabled rule selects rows with its
+FlowFilter scope (the core's compiled filters) and its `where` conditions, sorts them by flow
+time and hands them, group by group, to its aggregator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtrail.detect.aggregate import Aggregator, Alerts, Group, make_aggregator
+from flowtrail.detect.alerts import Alert
+from flowtrail.detect.conditions import MaskFn, compile_where, needs_baseline
+from flowtrail.detect.features import FEATURE_PATHS, Enrichment, build
+from flowtrail.detect.rules import Rule, RuleError
+from flowtrail.filters import FilterSet
+from flowtrail.model.timeutil import format_ns
+
+_ENTITY_WORKLOAD = {"src.key": "src.wl_key", "dst.key": "dst.wl_key", "conn.client": "conn.client_wl"}
+
+
+@dataclass
+class CompiledRule:
+    rule: Rule
+    scope: FilterSet | None
+    where: MaskFn
+    agg: Aggregator
+    alerts: Alerts
+    needles: tuple[str, ...] | None  # RE2 fragments; None: every line may matter
+    matched: int = 0
+
+
+@dataclass
+class EngineStats:
+    flows: int = 0
+    lost_events: int = 0
+    batches: int = 0
+    rule_rows: Counter[str] = field(default_factory=Counter)
+
+
+class Engine:
+    def __init__(self, rules: list[Rule], enrichment: Enrichment | None = None, baseline: Any = None) -> None:
+        self.enrichment = enrichment or Enrichment()
+        self.baseline = baseline
+        self.rules: list[CompiledRule] = []
+        self.stats = EngineStats()
+        self.lost_alert: Alert | None = None
+        for r in rules:
+            if not r.enabled:
+                continue
+            if needs_baseline(r) and baseline is None:
+                continue
+            scope = None
+            if r.scope.get("allow") or r.scope.get("deny"):
+                try:
+                    scope = FilterSet.compile(r.scope.get("allow", []), r.scope.get("deny", []))
+                except ValueError as exc:
+                    raise RuleError(f"{r.source}: {r.id}: scope: {exc}") from None
+            needles: tuple[str, ...] | None
+            pre = r.value(r.prefilter) if isinstance(r.prefilter, str) else r.prefilter
+            if pre == "all" or pre is None:
+                needles = None
+            else:
+                # literal strings, or RE2 fragments written `re:...`
+                needles = tuple(x[3:] if x.startswith("re:") else re.escape(x) for x in map(str, pre))
+            self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r), Alerts(r), needles))
+        paths = set(FEATURE_PATHS)
+        for cr in self.rules:
+            if cr.scope is not None:
+                paths |= cr.scope.paths
+        self.paths = sorted(paths)
+
+    def prefilter(self) -> str | None:
+        """RE2 pattern a line must match to be decoded (None: every line). Each rule's fragments
+        must match a superset of the lines its conditions select."""
+        out: list[str] = ['"lost_events"']
+        for cr in self.rules:
+            if cr.needles is None:
+                return None
+            out.extend(n for n in cr.needles if n not in out)
+        return "|".join(out)
+
+    # ------------------------------------------------------------------ per batch
+    def process(self, table: pa.Table) -> None:
+        """Feed one decoded batch (the decoder's envelope table), in flow-time order."""
+        self.stats.batches += 1
+        if table.num_rows == 0:
+            return
+        if "lost_events" in table.column_names:
+            lost = table.column("lost_events")
+            n_lost = len(lost) - lost.null_count
+            if n_lost:
+                self._lost_events(table, lost)
+            flow = table.column("flow")
+            if flow.null_count:
+                table = table.filter(pc.is_valid(flow))
+        if table.num_rows == 0:
+            return
+        ft = build(table, self.enrichment)
+        self.stats.flows += ft.num_rows
+        for cr in self.rules:
+            m = cr.where(ft, self.baseline)
+            if cr.scope is not None and m.any():
+                m &= cr.scope.mask(table)
+            if not m.any():
+                continue
+            sel = ft.filter(pa.array(m))
+            order = pc.sort_indices(sel["time"])
+            sel = sel.take(order)
+            self.stats.rule_rows[cr.rule.id] += sel.num_rows
+            self._aggregate(cr, sel)
+
+    def _aggregate(self, cr: CompiledRule, sel: pa.Table) -> None:
+        rule = cr.rule
+        keys = [pc.cast(sel[k], pa.string()) if not pa.types.is_string(sel[k].type) else sel[k] for k in rule.group_by]
+        key = keys[0] if len(keys) == 1 else pc.binary_join_element_wise(
+            *[pc.fill_null(k, "-") for k in keys], "\x1f")
+        key = pc.fill_null(key, "-")
+        enc = pc.dictionary_encode(key)
+        if isinstance(enc, pa.ChunkedArray):
+            enc = enc.combine_chunks()
+        codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        names = enc.dictionary.to_pylist()
+        times = np.asarray(sel["time"].to_numpy(zero_copy_only=False), dtype=np.int64)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        value_col = rule.aggregate.get("field")
+        values_all = sel[value_col].to_pylist() if value_col and rule.aggregate["function"] == "value_count" else None
+        cache: dict[str, Any] = {}
+
+        def column(name: str) -> Any:
+            if name not in cache:
+                cache[name] = sel[name]
+            return cache[name]
+
+        def row(i: Any, what: str) -> Any:
+            if what == "peers":
+                arr = column(rule.peers).take(pa.array(np.asarray(i, dtype=np.int64)))
+                vc = pc.value_counts(pc.fill_null(pc.cast(arr, pa.string()), "-"))
+                return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True))
+            i = int(i)
+            if what == "entity":
+                return column(rule.entity)[i].as_py()
+            if what == "workload":
+                wl = _ENTITY_WORKLOAD.get(rule.entity)
+                return column(wl)[i].as_py() if wl else None
+            if what == "uuid":
+                return column("uuid")[i].as_py()
+            return _render(sel, i)
+
+        for part in np.split(order, bounds):
+            if not len(part):
+                continue
+            g = Group(names[codes[part[0]]], part, times[part])
+            values = [values_all[j] for j in part.tolist()] if values_all is not None else None
+            cand = cr.agg.candidates(g, values)
+            cr.alerts.assign(g, cand, cr.agg, row)
+
+    def _lost_events(self, table: pa.Table, lost: Any) -> None:
+        rows = table.filter(pc.is_valid(lost))
+        n = rows.num_rows
+        self.stats.lost_events += n
+        tcol = rows.column("time")
+        try:
+            times = pc.cast(pc.cast(tcol, pa.timestamp("ns", tz="UTC")), pa.int64()).to_pylist()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            times = [0] * n
+        t0, t1 = min(t for t in times if t is not None), max(t for t in times if t is not None)
+        a = self.lost_alert
+        if a is None:
+            a = self.lost_alert = Alert(
+                rule="flow-gap.lost-events", title="Hubble lost flow events", category="flow-gap",
+                severity="medium", mitre=["T1562.006"], entity={"namespace": None, "pod": None, "workload": None},
+                group="lost_events", first_seen=t0, detected_at=t0, last_seen=t1,
+                description="Hubble reported lost events: its ring buffer or a relay queue overflowed, so flows "
+                            "in this period are missing and detections may be blind to them.",
+                remediation="Raise the Hubble event buffer (hubble.eventBufferCapacity) or the relay's buffer, "
+                            "or reduce monitor aggregation load; check `hubble observe` for LOST events.")
+        a.count += n
+        a.last_seen = max(a.last_seen, t1)
+
+    # ------------------------------------------------------------------ results
+    def alerts(self) -> list[Alert]:
+        out = [a for cr in self.rules for a in cr.alerts.all()]
+        if self.lost_alert is not None:
+            out.append(self.lost_alert)
+        return sorted(out, key=lambda a: (a.detected_at, a.rule, a.group))
+
+
+def _render(sel: pa.Table, i: int) -> str:
+    r = {k: sel[k][i].as_py() for k in ("time", "src.key", "src.port", "dst.key", "dst.port", "proto", "verdict",
+                                        "dns.query", "dns.rcode", "dst.name", "is_reply")}
+    arrow = "<-" if r["is_reply"] else "->"
+    src = f"{r['src.key']}:{r['src.port']}" if r["src.port"] is not None else str(r["src.key"])
+    dst = f"{r['dst.key']}:{r['dst.port']}" if r["dst.port"] is not None else str(r["dst.key"])
+    extra = ""
+    if r["dns.query"]:
+        extra = f" dns {r['dns.query']}" + (f" rcode={r['dns.rcode']}" if r["dns.rcode"] is not None else "")
+    elif r["dst.name"]:
+        extra = f" ({r['dst.name']})"
+    return f"{format_ns(r['time'], 'RFC3339Nano')} {src} {arrow} {dst} {r['proto'] or '-'} {r['verdict']}{extra}"

@@ -1,0 +1,1 @@
+"""Enrichment the detections need: IP classes, DNS name features, threat intelligence."""
