@@ -36,16 +36,16 @@ class Group:
 class Aggregator:
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
+        # the aggregate value at each row of the last group handed to candidates()
+        self.values: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.starts: np.ndarray = np.zeros(0, dtype=np.int64)  # earliest time in the window per row
 
     def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def window_start(self, key: str, t: int) -> int:
-        return t
-
-
 class Match(Aggregator):
     def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+        self.starts = g.times
         return np.ones(len(g.idx), dtype=bool)
 
 
@@ -63,13 +63,11 @@ class EventCount(Aggregator):
         pos = np.arange(off, off + len(g.times))
         lo = np.searchsorted(allt, g.times - self.window, side="left")
         counts = pos - lo + 1
+        self.values = counts
+        self.starts = allt[lo]
         keep = allt[allt >= allt[-1] - self.window][-(self.threshold - 1):] if self.threshold > 1 else allt[:0]
         self.tails[g.key] = keep
         return counts >= self.threshold
-
-    def window_start(self, key: str, t: int) -> int:
-        tail = self.tails.get(key)
-        return int(tail[0]) if tail is not None and len(tail) and tail[0] >= t - self.window else t
 
 
 class ValueCount(Aggregator):
@@ -83,9 +81,13 @@ class ValueCount(Aggregator):
         assert values is not None
         seen = self.seen.setdefault(g.key, OrderedDict())
         out = np.zeros(len(g.idx), dtype=bool)
+        counts = np.zeros(len(g.idx), dtype=np.int64)
+        starts = g.times.copy()
+        self.values, self.starts = counts, starts
         window, threshold = self.window, self.threshold
         for i, (t, v) in enumerate(zip(g.times.tolist(), values, strict=True)):
             if v is None:
+                counts[i] = len(seen)
                 continue
             if v in seen:
                 seen.move_to_end(v)
@@ -95,18 +97,13 @@ class ValueCount(Aggregator):
                 if first_t >= t - window:
                     break
                 del seen[first_v]
+            counts[i] = len(seen)
+            starts[i] = next(iter(seen.values()))
             if len(seen) >= threshold:
                 out[i] = True
         if not seen:
             del self.seen[g.key]
         return out
-
-    def window_start(self, key: str, t: int) -> int:
-        seen = self.seen.get(key)
-        return next(iter(seen.values())) if seen else t
-
-    def distinct(self, key: str) -> int:
-        return len(self.seen.get(key, ()))
 
 
 class RateSpike(Aggregator):
@@ -128,6 +125,9 @@ class RateSpike(Aggregator):
         buckets = self.buckets.setdefault(g.key, {})
         first = self.first.setdefault(g.key, int(g.times[0]))
         out = np.zeros(len(g.idx), dtype=bool)
+        counts = np.zeros(len(g.idx), dtype=np.int64)
+        starts = g.times.copy()
+        self.values, self.starts = counts, starts
         w, h = self.window, self.history
         n_hist = max(h // w, 1)
         for i, t in enumerate(g.times.tolist()):
@@ -140,15 +140,13 @@ class RateSpike(Aggregator):
             # mean is over the time seen so far (at least one window), which the floor guards
             span = min(n_hist, max((b - first // w), 1))
             trailing = sum(buckets.get(k, 0) for k in range(b - span, b)) / span
+            counts[i] = len(recent)
+            starts[i] = recent[0]
             if len(recent) >= self.floor and len(recent) >= self.factor * trailing:
                 out[i] = True
         for k in [k for k in buckets if k < (int(g.times[-1]) // w) - n_hist - 1]:
             del buckets[k]
         return out
-
-    def window_start(self, key: str, t: int) -> int:
-        r = self.recent.get(key)
-        return r[0] if r else t
 
 
 def make_aggregator(rule: Rule) -> Aggregator:
@@ -192,13 +190,13 @@ class Alerts:
             alert = Alert(rule=rule.id, title=rule.title, category=rule.category, severity=rule.severity,
                           mitre=list(rule.mitre), entity=entity_of(rule.entity_kind, row(i, "entity"),
                                                                    row(i, "workload")),
-                          group=g.key, first_seen=min(agg.window_start(g.key, t), t), detected_at=t,
+                          group=g.key, first_seen=min(int(agg.starts[at]), t), detected_at=t,
                           last_seen=t, description=rule.description, remediation=rule.remediation,
                           until=t + rule.suppress_ns)
-            if isinstance(agg, ValueCount):
-                alert.details["distinct"] = agg.distinct(g.key)
-            elif isinstance(agg, EventCount | RateSpike):
-                alert.details["threshold"] = agg.threshold if isinstance(agg, EventCount) else agg.floor
+            if not isinstance(agg, Match):
+                what = "distinct" if isinstance(agg, ValueCount) else "events_in_window"
+                alert.details[what] = int(agg.values[at])
+                alert.details["threshold"] = agg.floor if isinstance(agg, RateSpike) else getattr(agg, "threshold", 0)
             self.open[g.key] = alert
             pos = at
         if alert is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,12 @@ from typing import Any
 from flowtrail.model.timeutil import format_ns
 
 EVIDENCE_LIMIT = 10
+
+
+def iso_ns(ns: int) -> str:
+    """RFC 3339 UTC with all nine fractional digits: fixed width, so alerts sort as text too."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
 
 
 @dataclass
@@ -50,9 +57,9 @@ class Alert:
             "mitre": self.mitre,
             "entity": self.entity,
             "peers": {"distinct": len(self.peers), "top": [{"peer": p, "count": c} for p, c in top]},
-            "first_seen": format_ns(self.first_seen, "RFC3339Nano"),
-            "last_seen": format_ns(self.last_seen, "RFC3339Nano"),
-            "detected_at": format_ns(self.detected_at, "RFC3339Nano"),
+            "first_seen": iso_ns(self.first_seen),
+            "last_seen": iso_ns(self.last_seen),
+            "detected_at": iso_ns(self.detected_at),
             "count": self.count,
             "evidence": {"uuids": self.evidence, "flows": self.evidence_text},
             "description": self.description,

@@ -72,9 +72,19 @@ def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
         lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
         return Batch(dec.table, source, first_line, lines, dec.errors, dec.stats)
     arr, starts = line_array(data)
-    hit = np.flatnonzero(np.asarray(pc.fill_null(pc.match_substring_regex(arr, job.regex), False)
-                                    .to_numpy(zero_copy_only=False), dtype=bool))
+    want = np.asarray(pc.fill_null(pc.match_substring_regex(arr, job.regex), False)
+                      .to_numpy(zero_copy_only=False), dtype=bool)
     ends = np.append(starts[1:], len(data))
+    # Lines the prefilter skips are still checked for the shape of one JSON object, so a
+    # truncated or garbled line is reported (and fatal with --strict) whatever the rules read;
+    # those lines go to the decoder, which names the error.
+    buf = np.frombuffer(data, dtype=np.uint8)
+    last = ends - 1 - (buf[np.maximum(ends - 1, 0)] == 10)
+    last = last - ((buf[np.maximum(last, 0)] == 13) & (last > starts))
+    nonblank = last >= starts
+    first_ok = buf[np.minimum(starts, len(buf) - 1)] == ord("{")
+    last_ok = buf[np.maximum(last, 0)] == ord("}")
+    hit = np.flatnonzero(want | (nonblank & ~(first_ok & last_ok)))
     picked = [data[s:e].rstrip(b"\n") for s, e in zip(starts[hit].tolist(), ends[hit].tolist(), strict=True)]
     dec = job.decoder._decode(picked, (hit + first_line).tolist(), source)
     dec.stats.lines = len(starts)
