@@ -39,6 +39,10 @@ class Columns:
     def valid(self, path: str) -> Mask:
         return np.asarray(self.get(path).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 
+    def is_flow(self) -> Mask:
+        """Rows that are flows; the others are lost events, which hubble filters as a nil flow."""
+        return np.asarray(self._flow.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
     def top(self, name: str) -> pa.Array:
         col = self.table.column(name)
         return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col

@@ -8,6 +8,7 @@ decoding (``needle_groups``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from flowtrail.filters import event, fqdn, http, ip, k8s, l4, node
 from flowtrail.filters.base import Columns, FilterError, Mask, Predicate
-from flowtrail.model.schema import camel
+from flowtrail.filters.protojson import FIELD_ORDER, canonical_filter
 
 # FlowFilter fields in flow.proto declaration order (the order protojson prints them in).
 FIELD_BUILDERS: dict[str, Callable[[Any], Predicate]] = {
@@ -63,9 +64,10 @@ FIELD_BUILDERS: dict[str, Callable[[Any], Predicate]] = {
     "ip_trace_id": event.ip_trace_id,
     "encrypted": event.encrypted,
 }
-FIELD_ORDER = [*FIELD_BUILDERS, "experimental"]
-_ALIASES = {camel(k): k for k in FIELD_ORDER}
+if [*FIELD_BUILDERS, "experimental"] != FIELD_ORDER:
+    raise ImportError("FIELD_BUILDERS must follow flow.proto's FlowFilter declaration order")
 _HTTP_FIELDS = ("http_status_code", "http_method", "http_path", "http_url", "http_header")
+_L7_EVENT_TYPE = 129
 
 _NEEDLE_PRIORITY = [
     "uuid", "trace_id", "source_ip", "destination_ip", "source_ip_xlated", "source_pod", "destination_pod",
@@ -82,45 +84,46 @@ _NEEDLE_PRIORITY = [
 # Needles themselves are written to survive spaces around ':' (quoted values, bare digits).
 NONCANONICAL_MARKERS = (b"\t", b"\r", b"\\u", b"\\/")
 
-
-def canonical_filter(obj: Any) -> dict[str, Any]:
-    """A FlowFilter dict with proto field names, in declaration order; unknown fields rejected."""
-    if not isinstance(obj, Mapping):
-        raise FilterError("a flow filter must be a JSON object")
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = _ALIASES.get(key, key)
-        if name not in FIELD_ORDER:
-            raise FilterError(f"unknown field {key!r} in flow filter")
-        if value is None or value == [] or value == {}:
-            continue
-        out[name] = value
-    return {k: out[k] for k in FIELD_ORDER if k in out}
+_JSON_SPACE = " \t\r\n"
 
 
 def parse_filter_json(text: str) -> list[dict[str, Any]]:
-    """Parse one or more concatenated JSON FlowFilters (``{...}{...}`` or ``{...},{...}``)."""
+    """Parse ``--allowlist``/``--denylist``: JSON FlowFilters one after another (``{...}{...}``,
+    ``{...} {...}``, one per line), as hubble's ``json.Decoder`` loop reads them; each in its
+    canonical form (see :mod:`flowtrail.filters.protojson`)."""
     filters: list[dict[str, Any]] = []
-    dec = text.strip()
     pos = 0
-    while pos < len(dec):
-        while pos < len(dec) and dec[pos] in " \t\r\n,":
+    while True:
+        while pos < len(text) and text[pos] in _JSON_SPACE:
             pos += 1
-        if pos >= len(dec):
+        if pos >= len(text):
             break
-        end = _object_end(dec, pos)
+        end = _value_end(text, pos)
+        chunk = text[pos:end]
         try:
-            obj = orjson.loads(dec[pos:end])
+            obj = orjson.loads(chunk)
         except orjson.JSONDecodeError as exc:
-            raise FilterError(f"invalid flow filter JSON {dec[pos:end]!r}: {exc}") from exc
+            raise FilterError(f"failed to decode {chunk!r}: {exc}") from exc
+        # protojson refuses a field given twice, which a dict no longer shows
+        json.loads(chunk, object_pairs_hook=_no_duplicate_keys)
         filters.append(canonical_filter(obj))
         pos = end
     return filters
 
 
-def _object_end(s: str, start: int) -> int:
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise FilterError(f"duplicate field {dup!r} in flow filter")
+    return dict(pairs)
+
+
+def _value_end(s: str, start: int) -> int:
+    """End of the JSON object starting at ``start`` (anything else is an error, as in hubble)."""
     if s[start] != "{":
-        raise FilterError(f"invalid flow filter JSON: expected '{{' at {s[start:start + 20]!r}")
+        raise FilterError(f"failed to decode {s[start:start + 40]!r}: invalid character {s[start]!r} "
+                          "looking for beginning of a flow filter object")
     depth = 0
     in_str = False
     esc = False
@@ -141,7 +144,7 @@ def _object_end(s: str, start: int) -> int:
             depth -= 1
             if depth == 0:
                 return i + 1
-    raise FilterError("invalid flow filter JSON: unterminated object")
+    raise FilterError(f"failed to decode {s[start:]!r}: unexpected end of JSON input")
 
 
 @dataclass(frozen=True)
@@ -171,13 +174,14 @@ class CompiledFilter:
 
 def compile_filter(spec: Mapping[str, Any]) -> CompiledFilter:
     spec = canonical_filter(spec)
-    if "experimental" in spec:
+    if spec.get("experimental", {}).get("cel_expression"):
         raise FilterError("CEL expressions (experimental.cel_expression) are not supported yet")
-    if any(f in spec for f in _HTTP_FIELDS) and "event_type" in spec:
-        types = {int(e.get("type", 0) or 0) for e in spec["event_type"] if isinstance(e, Mapping)}
-        if types != {129}:
-            raise FilterError("filtering by http fields requires the event type filter to only match 'l7' events")
-    preds = tuple(FIELD_BUILDERS[name](value) for name, value in spec.items())
+    # an event_type list is compatible with http fields when any of its entries asks for l7
+    http_field = next((f for f in _HTTP_FIELDS if f in spec), None)
+    if http_field and "event_type" in spec and not any(e.get("type", 0) == _L7_EVENT_TYPE for e in spec["event_type"]):
+        raise FilterError(f"filtering by {http_field.replace('_', ' ')} requires the event type filter to only "
+                          "match 'l7' events")
+    preds = tuple(FIELD_BUILDERS[name](value) for name, value in spec.items() if name != "experimental")
     return CompiledFilter(spec, preds)
 
 

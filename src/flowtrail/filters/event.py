@@ -20,6 +20,7 @@ from flowtrail.filters.base import (
     str_list,
     to_mask,
 )
+from flowtrail.filters.protojson import proto_uint
 from flowtrail.model import enums
 from flowtrail.model.schema import camel
 
@@ -28,9 +29,10 @@ def uuid(values: Any) -> Predicate:
     ids = str_list("uuid", values)
 
     def fn(cols: Columns) -> Mask:
-        return to_mask(pc.is_in(cols.get("uuid"), pa.array(ids, pa.string())))
+        # a lost event (nil flow) never matches; a flow without uuid has the uuid ""
+        return cols.is_flow() & to_mask(pc.is_in(pc.fill_null(cols.get("uuid"), ""), pa.array(ids, pa.string())))
 
-    return Predicate("uuid", ("uuid",), fn, quoted(ids))
+    return Predicate("uuid", ("uuid",), fn, None if "" in ids else quoted(ids))
 
 
 def _enum_names(field: str, values: Any, table: dict[str, int]) -> list[str]:
@@ -48,18 +50,21 @@ def _enum_names(field: str, values: Any, table: dict[str, int]) -> list[str]:
     return out
 
 
+def _enum_needles(path: str, names: list[str], table: dict[str, int]) -> tuple[bytes, ...]:
+    key = path.split(".")[-1]
+    return quoted(names) + key_needles(sorted({key, camel(key)}), [str(table[n]) for n in names])
+
+
 def _enum_predicate(field: str, path: str, values: Any, table: dict[str, int]) -> Predicate:
     names = _enum_names(field, values, table)
     default = next(k for k, v in table.items() if v == 0)
 
     def fn(cols: Columns) -> Mask:
+        # an absent enum is its zero name, but a lost event (nil flow) matches no value
         col = pc.fill_null(cols.get(path), default)
-        return to_mask(pc.is_in(col, pa.array(names, pa.string())))
+        return cols.is_flow() & to_mask(pc.is_in(col, pa.array(names, pa.string())))
 
-    needles = None
-    if default not in names:
-        key = path.split(".")[-1]
-        needles = quoted(names) + key_needles(sorted({key, camel(key)}), [str(table[n]) for n in names])
+    needles = None if default in names else _enum_needles(path, names, table)
     return Predicate(field, (path,), fn, needles)
 
 
@@ -68,7 +73,15 @@ def verdict(values: Any) -> Predicate:
 
 
 def drop_reason_desc(values: Any) -> Predicate:
-    return _enum_predicate("drop_reason_desc", "drop_reason_desc", values, enums.DROP_REASON)
+    names = _enum_names("drop_reason_desc", values, enums.DROP_REASON)
+    inner = _enum_predicate("drop_reason_desc", "drop_reason_desc", names, enums.DROP_REASON)
+
+    def fn(cols: Columns) -> Mask:
+        # only DROPPED flows carry a drop reason worth matching
+        return to_mask(pc.equal(cols.get("verdict"), "DROPPED")) & inner.fn(cols)
+
+    needles = inner.needles or _enum_needles("verdict", ["DROPPED"], enums.VERDICT)
+    return Predicate("drop_reason_desc", ("drop_reason_desc", "verdict"), fn, needles)
 
 
 def traffic_direction(values: Any) -> Predicate:
@@ -154,28 +167,23 @@ def encrypted(values: Any) -> Predicate:
 
 def trace_id(values: Any) -> Predicate:
     ids = str_list("trace_id", values)
+    path = "trace_context.parent.trace_id"
 
     def fn(cols: Columns) -> Mask:
-        return to_mask(pc.is_in(cols.get("trace_context.parent.trace_id"), pa.array(ids, pa.string())))
+        # a flow (or lost event) without trace context has the trace id ""
+        return to_mask(pc.is_in(pc.fill_null(cols.get(path), ""), pa.array(ids, pa.string())))
 
-    return Predicate("trace_id", ("trace_context.parent.trace_id",), fn, quoted(ids))
+    return Predicate("trace_id", (path,), fn, None if "" in ids else quoted(ids))
 
 
 def ip_trace_id(values: Any) -> Predicate:
     if not isinstance(values, list):
         raise FilterError("ip_trace_id: expected a list")
-    ids: list[int] = []
-    for v in values:
-        try:
-            n = int(v)
-        except (TypeError, ValueError) as exc:
-            raise FilterError(f"ip_trace_id: invalid value {v!r}") from exc
-        if n <= 0:
-            raise FilterError("ip_trace_id: must be greater than 0")
-        ids.append(n)
+    ids = [proto_uint(v, 64, "ip_trace_id") for v in values]
 
     def fn(cols: Columns) -> Mask:
-        col = cols.get("ip_trace_id.trace_id")
+        # 0 is the trace id of every flow (and lost event) without one
+        col = pc.fill_null(cols.get("ip_trace_id.trace_id"), "0")
         return to_mask(pc.is_in(col, pa.array([str(i) for i in ids], pa.string())))
 
     return Predicate("ip_trace_id", ("ip_trace_id.trace_id",), fn, None)

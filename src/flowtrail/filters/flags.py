@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowtrail.filters.base import FilterError
-from flowtrail.filters.compile import FIELD_ORDER
-from flowtrail.filters.k8s import parse_identity
+from flowtrail.filters.golang import NumError, parse_uint, quote
+from flowtrail.filters.protojson import canonical_filter
 from flowtrail.model import enums
 
 # Groups of flags that cannot be combined (hubble/cmd/observe/flows_filter.go).
@@ -102,10 +102,10 @@ BOOL_FILTER_FLAGS = frozenset({"ipv4", "ipv6", "all-namespaces", "from-all-names
 
 
 class FlagError(FilterError):
-    """A flag hubble would reject; ``flag`` and ``value`` build its message."""
+    """A flag hubble would reject; ``flag`` and ``value`` build its message (pflag's, with %q)."""
 
     def __init__(self, display: str, value: str, message: str) -> None:
-        super().__init__(f'invalid argument "{value}" for "{display}" flag: {message}')
+        super().__init__(f"invalid argument {quote(value)} for {quote(display)} flag: {message}")
 
 
 @dataclass
@@ -145,12 +145,9 @@ class _Tracker:
         if self.ns:
             _apply_ns(left, "source", self.ns)
             _apply_ns(right, "destination", self.ns)
-        left, right = _ordered(left), _ordered(right)
+        # hubble holds these as flow.FlowFilter messages and prints them with protojson
+        left, right = canonical_filter(left), canonical_filter(right)
         return [left] if left == right else [left, right]
-
-
-def _ordered(f: dict[str, Any]) -> dict[str, Any]:
-    return {k: f[k] for k in FIELD_ORDER if k in f}
 
 
 def _apply_ns(f: dict[str, Any], side: str, namespaces: list[str]) -> None:
@@ -204,7 +201,7 @@ class FlagFilters:
 
     def finish(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if self._negate:
-            raise FilterError("trailing --not: it must be followed by a filter flag")
+            raise FilterError("trailing --not found in the arguments")
         return self.allow.filters(), self.deny.filters() if self.deny else []
 
     # -- one flag -------------------------------------------------------------------------------
@@ -245,7 +242,7 @@ class FlagFilters:
         elif name == "http-header":
             key, sep, hval = val.partition(":")
             if not sep:
-                raise FilterError(f"invalid http-header value {val!r}, expected name:value")
+                raise FilterError(f"invalid http-header value {quote(val)}, expected name:value")
             t.both("http_header", {"key": key, "value": hval})
         elif name == "type":
             t.both("event_type", _event_type(val))
@@ -264,11 +261,14 @@ class FlagFilters:
         elif name in ("encrypted", "unencrypted"):
             t.both("encrypted", name == "encrypted")
         elif name == "ip-trace-id":
+            # only the literal "0" is refused; "00" parses to 0 and is kept, as in hubble
             if val == "0":
                 raise FilterError("invalid --ip-trace-id value; must be greater than 0")
-            if not val.isdigit() or int(val) >= 1 << 64:
-                raise FilterError(f"invalid --ip-trace-id value: {val!r}")
-            t.both("ip_trace_id", val)
+            try:
+                trace_id = parse_uint(val, 10, 64)
+            except NumError as exc:
+                raise FilterError(f"invalid --ip-trace-id value: {exc}") from None
+            t.both("ip_trace_id", str(trace_id))
         else:
             raise FilterError(f"unknown filter flag --{name}")
         for materialised in (t.left, t.right):
@@ -280,14 +280,27 @@ class FlagFilters:
             kind, sep, wname = val.partition("/")
             return {"name": wname, "kind": kind} if sep else {"name": val}
         if name.endswith("identity"):
-            try:
-                return parse_identity(val, name)
-            except FilterError:
-                names = ", ".join(k for k in enums.RESERVED_IDENTITIES if k != "overlay-to-encrypt")
-                raise FilterError(
-                    f"invalid security identity, expected one of [{names}] or a numeric value"
-                ) from None
+            return _identity(val)
         return val
+
+
+# Reserved identity names hubble's --identity takes (identity.GetReservedID; "unknown" is not one).
+_RESERVED_IDENTITY_NAMES = {k: v for k, v in enums.RESERVED_IDENTITIES.items() if k != "unknown"}
+
+
+def _identity(val: str) -> int:
+    if val in _RESERVED_IDENTITY_NAMES:
+        return _RESERVED_IDENTITY_NAMES[val]
+    try:
+        # identity.ParseNumericIdentity: strconv.ParseUint(id, 0, 32), so 0x10, 0o20, 1_000 work
+        return parse_uint(val, 0, 32)
+    except NumError:
+        pass
+    # the list is reservedIdentitiesNames() printed with %v: sorted by id, a number where the id has
+    # no name (11, overlay-to-encrypt)
+    ids = sorted(set(_RESERVED_IDENTITY_NAMES.values()))
+    listed = " ".join(enums.RESERVED_IDENTITY_NAMES.get(i, str(i)) for i in ids)
+    raise FilterError(f"invalid security identity, expected one of [{listed}] or a numeric value")
 
 
 def _check_namespaces(t: _Tracker, f: dict[str, Any] | None) -> None:
@@ -304,7 +317,7 @@ def _check_namespaces(t: _Tracker, f: dict[str, Any] | None) -> None:
             for name in names:
                 nn = _namespace_of(name)
                 if nn and nn != ns:
-                    raise FilterError(f'namespace conflict: "{ns}" does not contain "{name}"')
+                    raise FilterError(f"namespace conflict: {quote(ns)} does not contain {quote(name)}")
     for pods, svcs in ((f.get("source_pod", []), f.get("source_service", [])),
                        (f.get("destination_pod", []), f.get("destination_service", []))):
         for pod in pods:
@@ -312,31 +325,57 @@ def _check_namespaces(t: _Tracker, f: dict[str, Any] | None) -> None:
             if pod_ns:
                 for svc in svcs:
                     if _namespace_of(svc) != pod_ns:
-                        raise FilterError(f'namespace of service "{svc}" conflict with pod "{pod_ns}"')
+                        raise FilterError(f"namespace of service {quote(svc)} conflict with pod {quote(pod_ns)}")
+
+
+# --type agent:<name>: flows_filter.go agentEventSubtypes (monitor API agent notification numbers).
+AGENT_SUBTYPE_NAMES = {
+    "unspecified": 0,
+    "message": 1,
+    "agent-started": 2,
+    "endpoint-regenerate-success": 3,
+    "endpoint-regenerate-failure": 4,
+    "policy-updated": 5,
+    "policy-deleted": 6,
+    "endpoint-created": 7,
+    "endpoint-deleted": 8,
+    "ipcache-upserted": 9,
+    "ipcache-deleted": 10,
+}
+
+
+def _int32(n: int) -> int:
+    # hubble stores ParseUint(.., 32) results with int32(): 2^31 and up wrap to negative
+    return n - (1 << 32) if n >= 1 << 31 else n
 
 
 def _event_type(val: str) -> dict[str, Any]:
     head, sep, sub = val.partition(":")
+    # sub-type names are only looked up when the type itself was given by name
+    named = enums.EVENT_TYPE_NAMES.get(head, 0)
     if head in enums.EVENT_TYPE_NAMES:
-        typ = enums.EVENT_TYPE_NAMES[head]
-    elif head.isdigit() and int(head) < 1 << 32:
-        typ = int(head)
+        typ = named
     else:
-        raise FilterError(
-            f"unable to parse type '{head}', not a known type name and unable to parse as numeric value"
-        )
+        try:
+            typ = _int32(parse_uint(head, 10, 32))
+        except NumError as exc:
+            raise FilterError(
+                f"unable to parse type '{head}', not a known type name and unable to parse as numeric value: {exc}"
+            ) from None
     out: dict[str, Any] = {"type": typ}
     if sep:
-        if typ == enums.EVENT_TRACE and sub in enums.TRACE_SUBTYPE_NAMES:
+        if named == enums.EVENT_TRACE and sub in enums.TRACE_SUBTYPE_NAMES:
             out.update(match_sub_type=True, sub_type=enums.TRACE_SUBTYPE_NAMES[sub])
-        elif sub.isdigit() and int(sub) < 1 << 32:
-            out.update(match_sub_type=True, sub_type=int(sub))
+        elif named == enums.EVENT_AGENT and sub in AGENT_SUBTYPE_NAMES:
+            out.update(match_sub_type=True, sub_type=AGENT_SUBTYPE_NAMES[sub])
         else:
-            raise FilterError(
-                f"unable to parse event sub-type '{sub}', not a known sub-type name and unable to parse as numeric value"
-            )
-        if out.get("sub_type") == 0:
-            del out["sub_type"]  # protojson omits the zero value
+            try:
+                out.update(match_sub_type=True, sub_type=_int32(parse_uint(sub, 10, 32)))
+            except NumError as exc:
+                raise FilterError(
+                    f"unable to parse event sub-type '{sub}', not a known sub-type name and unable to parse as "
+                    f"numeric value: {exc}"
+                ) from None
     return out
 
 

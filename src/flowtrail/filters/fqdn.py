@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, list_any, str_list, to_mask
+from flowtrail.filters.golang import to_lower, trim_space
 
-_FQDN_CHARS = re.compile(r"^[-0-9_a-z.*]*$")
+# A non-empty lower-case FQDN: what an empty cluster or node part of a node name pattern stands for.
+FQDN_RE = r"(?:[-0-9_a-z]+(?:\.[-0-9_a-z]+)*)"
+
+
+def fqdn_pattern_regex(raw: str, field: str) -> str:
+    """RE2 for one of Hubble's FQDN wildcard patterns (``*`` ⇒ ``[-.0-9a-z]*``), unanchored.
+
+    As hubble canonicalises it: surrounding space and one trailing dot go, case folds to lower; what
+    is left must be non-empty, not end in another dot, and use only ``[-0-9_a-z.*]``.
+    """
+    p = to_lower(trim_space(raw).removesuffix("."))
+    if p == "":
+        raise FilterError(f"{field}: invalid FQDN pattern {raw!r}: empty pattern")
+    if p.endswith("."):
+        raise FilterError(f"{field}: invalid FQDN pattern {raw!r}: multiple trailing dots in pattern")
+    out = []
+    for ch in p:
+        if ch == ".":
+            out.append(r"\.")
+        elif ch == "*":
+            out.append("[-.0-9a-z]*")
+        elif ch in "-_" or "0" <= ch <= "9" or "a" <= ch <= "z":
+            out.append(ch)
+        else:
+            raise FilterError(f"{field}: invalid FQDN pattern {raw!r}: {ch!r}: invalid rune in pattern")
+    return "".join(out)
 
 
 def fqdn_regex(patterns: list[str], field: str) -> str:
-    """Anchored RE2 for Hubble's FQDN wildcard patterns (``*`` ⇒ ``[-.0-9a-z]*``)."""
-    parts = []
-    for raw in patterns:
-        p = raw.strip()
-        if p.endswith("."):
-            p = p[:-1]
-        p = p.lower()
-        if not _FQDN_CHARS.match(p):
-            raise FilterError(f"{field}: invalid FQDN pattern {raw!r}: only [-a-zA-Z0-9_.*] allowed")
-        parts.append(p.replace(".", "[.]").replace("*", "[-.0-9a-z]*"))
-    return r"\A(?:" + "|".join(parts) + r")\z"
+    """Anchored RE2 matching any of the FQDN wildcard patterns."""
+    return r"\A(?:" + "|".join(fqdn_pattern_regex(p, field) for p in patterns) + r")\z"
 
 
 def _fqdn_predicate(field: str, values: Any, path: str) -> Predicate:
@@ -55,8 +71,9 @@ def check_re2(pattern: str, field: str) -> None:
 
 
 def regex_any(arr: pa.Array, patterns: list[str]) -> Mask:
+    """Per row: does any pattern match the string (a null one is matched as ``""``, as Go reads it)?"""
     combined = "|".join(f"(?:{p})" for p in patterns)
-    return to_mask(pc.match_substring_regex(pc.fill_null(arr, ""), combined)) & to_mask(arr.is_valid())
+    return to_mask(pc.match_substring_regex(pc.fill_null(arr, ""), combined))
 
 
 def dns_query(values: Any) -> Predicate:

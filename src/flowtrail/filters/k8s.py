@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -21,16 +22,19 @@ from flowtrail.filters.base import (
     to_mask,
 )
 from flowtrail.filters.labels import parse_selector
-from flowtrail.model.enums import RESERVED_IDENTITIES
+from flowtrail.filters.protojson import proto_uint
 
 
 def parse_namespace_name(value: str) -> tuple[str, str]:
-    """Hubble's ParseNamespaceName: ``ns/prefix``, ``ns/``, ``/prefix``; no slash means ``default``."""
+    """Hubble's ParseNamespaceName: ``ns/prefix``, ``ns/``, ``/prefix``; no slash means ``default``.
+
+    It splits on every slash and keeps the first two parts, so ``ns/a/b`` is the name prefix ``a``.
+    """
     if value == "":
-        raise FilterError("invalid empty pod/service filter")
-    if "/" in value:
-        ns, _, name = value.partition("/")
-        return ns, name
+        raise FilterError("invalid filter, name must not be empty")
+    parts = value.split("/")
+    if len(parts) > 1:
+        return parts[0], parts[1]
     return "default", value
 
 
@@ -85,16 +89,35 @@ def destination_service(values: Any) -> Predicate:
     )
 
 
+_SEP = "\x1f"
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _joined_labels(lists: pa.Array) -> tuple[pa.Array, bool]:
+    """Each row's labels as one string (for per-distinct-set evaluation), and whether labels that
+    contain the separator had to be escaped (``\\`` → ``\\\\``, separator → ``\\s``)."""
+    flat = pc.list_flatten(lists)
+    if len(flat) == 0 or not pc.any(pc.match_substring(flat, _SEP)).as_py():
+        return pc.binary_join(lists, _SEP), False
+    offsets = lists.offsets
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    values = lists.values.slice(start, end - start)
+    values = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), _SEP, "\\s")
+    escaped = pa.ListArray.from_arrays(pc.subtract(offsets, start), values, mask=lists.is_null())
+    return pc.binary_join(escaped, _SEP), True
+
+
 def _label_predicate(field: str, values: Any, path: str) -> Predicate:
     selectors = [parse_selector(v) for v in str_list(field, values)]
 
     def fn(cols: Columns) -> Mask:
-        lists = cols.get(path)
         # one evaluation per distinct label set: a batch has few distinct endpoints
-        joined = pc.binary_join(lists, "\x1f")
+        joined, escaped = _joined_labels(cols.get(path))
 
         def match(key: str | None) -> bool:
-            labels = key.split("\x1f") if key else []
+            labels = key.split(_SEP) if key else []
+            if escaped:
+                labels = [_ESCAPED.sub(lambda m: _SEP if m.group(1) == "s" else m.group(1), lbl) for lbl in labels]
             return any(s.matches(labels) for s in selectors)
 
         return per_unique(joined, match)
@@ -177,36 +200,24 @@ def destination_cluster_name(values: Any) -> Predicate:
     return _cluster_predicate("destination_cluster_name", values, "destination.cluster_name")
 
 
-def parse_identity(value: Any, field: str) -> int:
-    if isinstance(value, bool):
-        raise FilterError(f"{field}: invalid identity {value!r}")
-    if isinstance(value, int):
-        if not 0 <= value < 1 << 32:
-            raise FilterError(f"{field}: identity out of range: {value}")
-        return value
-    if isinstance(value, str):
-        if value in RESERVED_IDENTITIES:
-            return RESERVED_IDENTITIES[value]
-        if value.isdigit():
-            return parse_identity(int(value), field)
-    raise FilterError(f"{field}: invalid identity {value!r}")
-
-
-def _identity_predicate(field: str, values: Any, path: str) -> Predicate:
+def _identity_predicate(field: str, values: Any, side: str) -> Predicate:
     if not isinstance(values, list):
         raise FilterError(f"{field}: expected a list of identities")
-    ids = [parse_identity(v, field) for v in values]
+    ids = [proto_uint(v, 32, field) for v in values]
+    path = f"{side}.identity"
 
     def fn(cols: Columns) -> Mask:
-        return to_mask(pc.is_in(pc.fill_null(cols.get(path), 0), pa.array(ids, pa.int64())))
+        # a flow without the endpoint matches no identity, not even 0; "source":{} has identity 0
+        has_endpoint = cols.valid(side)
+        return has_endpoint & to_mask(pc.is_in(pc.fill_null(cols.get(path), 0), pa.array(ids, pa.int64())))
 
     needles = None if 0 in ids else digits(ids)
     return Predicate(field, (path,), fn, needles)
 
 
 def source_identity(values: Any) -> Predicate:
-    return _identity_predicate("source_identity", values, "source.identity")
+    return _identity_predicate("source_identity", values, "source")
 
 
 def destination_identity(values: Any) -> Predicate:
-    return _identity_predicate("destination_identity", values, "destination.identity")
+    return _identity_predicate("destination_identity", values, "destination")

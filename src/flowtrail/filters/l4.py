@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, digits, str_list, to_mask
+from flowtrail.filters.golang import NumError, parse_uint, quote, to_lower
 from flowtrail.model.schema import TCP_FLAGS
 
 # protocol name → (paths that must be present, needles)
@@ -29,10 +30,11 @@ _PORT_L4 = ("TCP", "UDP", "SCTP")
 
 
 def protocol(values: Any) -> Predicate:
-    wanted = [v.lower() for v in str_list("protocol", values)]
-    for w in wanted:
+    raw = str_list("protocol", values)
+    wanted = [to_lower(v) for v in raw]
+    for w, r in zip(wanted, raw, strict=True):
         if w not in _PROTOCOLS:
-            raise FilterError(f"unknown protocol: {w!r}")
+            raise FilterError(f"invalid protocol filter: unknown protocol: {quote(r)}")
     paths = tuple(sorted({p for w in wanted for p in _PROTOCOLS[w][0]}))
     needles = tuple(sorted({n for w in wanted for n in _PROTOCOLS[w][1]}))
 
@@ -61,9 +63,10 @@ def _port_predicate(side: str, values: Any) -> Predicate:
     field = f"{side}_port"
     ports: list[int] = []
     for v in str_list(field, values):
-        if not v.isdigit() or int(v) > 65535:
-            raise FilterError(f"{field}: invalid port {v!r}")
-        ports.append(int(v))
+        try:
+            ports.append(parse_uint(v, 10, 16))
+        except NumError as exc:
+            raise FilterError(f"invalid {side} port filter: invalid port {quote(v)}: {exc}") from None
     paths = tuple(f"l4.{l4}" for l4 in _PORT_L4)
 
     def fn(cols: Columns) -> Mask:

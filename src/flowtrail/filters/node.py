@@ -2,38 +2,32 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pyarrow.compute as pc
 
 from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, str_list, to_mask
+from flowtrail.filters.fqdn import FQDN_RE, fqdn_pattern_regex
 
-_ALLOWED = re.compile(r"^[-0-9_a-z.*]*$")
 DEFAULT_CLUSTER = "default"
 
 
-def _part(p: str, field: str) -> str:
-    p = p.strip().lower()
-    if not p:
-        return "[^/]*"
-    if not _ALLOWED.match(p):
-        raise FilterError(f"{field}: invalid node name pattern {p!r}")
-    return p.replace(".", "[.]").replace("*", "[-.0-9a-z]*")
+def _node_pattern_regex(pattern: str) -> str:
+    if pattern == "":
+        raise FilterError("node_name: empty pattern")
+    parts = pattern.split("/")
+    if len(parts) > 2:
+        raise FilterError(f"node_name: invalid pattern {pattern!r}: too many slashes in pattern")
+    cluster, node = parts if len(parts) == 2 else ("", parts[0])
+    # an empty part is not "anything": it is a non-empty lower-case FQDN
+    c = FQDN_RE if cluster == "" else fqdn_pattern_regex(cluster, "node_name")
+    n = FQDN_RE if node == "" else fqdn_pattern_regex(node, "node_name")
+    return f"{c}/{n}"
 
 
 def node_name(values: Any) -> Predicate:
     patterns = str_list("node_name", values)
-    parts = []
-    for p in patterns:
-        if p == "":
-            raise FilterError("node_name: empty pattern")
-        if "/" in p:
-            cluster, _, node = p.partition("/")
-            parts.append(f"{_part(cluster, 'node_name')}/{_part(node, 'node_name')}")
-        else:
-            parts.append(f"[^/]*/{_part(p, 'node_name')}")
-    regex = r"\A(?:" + "|".join(parts) + r")\z"
+    regex = r"\A(?:" + "|".join(_node_pattern_regex(p) for p in patterns) + r")\z"
 
     def fn(cols: Columns) -> Mask:
         name = cols.get("node_name")
