@@ -1,19 +1,53 @@
 #!/usr/bin/env bash
-# `make demo`: flowtrail observe over the bundled real Hubble samples, the way an operator
-# would query them with `hubble observe`. Runs from the repository root after `make install`.
+# `make demo`: a guided tour. Simulates a 10-namespace cluster with the lab (benign history, then
+# a window with attacks), asks `flowtrail observe` the questions an operator asks `hubble observe`,
+# then runs `flowtrail detect`. Runs from the repository root after `make install`, in ~30 s.
 set -euo pipefail
 FT=.venv/bin/flowtrail
-DATA=src/flowtrail/data/hubble-samples.jsonl
+OUT=${DEMO_DIR:-.demo}
+SAMPLES=src/flowtrail/data/hubble-samples.jsonl
+INTEL=src/flowtrail/detect/rules/fixtures/intel.txt
 export TZ=${TZ:-UTC}
-section() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "$2"; }
-run() { section "$1" "flowtrail ${*:2}"; "$FT" "${@:2}"; }
+mkdir -p "$OUT"
+b() { printf '\n\033[1m== %s\033[0m\n' "$1"; }
+run() { printf '$ flowtrail %s\n' "$*"; "$FT" "$@"; }
 
-echo "flowtrail demo: $(wc -l < "$DATA") real Hubble lines from public Cilium sources ($DATA)"
-run "Everything, as hubble prints it (last 20 by default, like hubble)" observe --input-file "$DATA"
-run "What was dropped, and why" observe --input-file "$DATA" --all --verdict DROPPED
-run "Who talks to the world (reserved:world identity)" observe --input-file "$DATA" --all --to-identity world
-run "Which pods resolve names, and what they asked" observe --input-file "$DATA" --all --protocol dns --type l7
-run "HTTP errors (5xx) with the request that caused them" observe --input-file "$DATA" --all --http-status 5+ -o dict
-run "Traffic of one namespace, except health checks, as a table" observe --input-file "$DATA" --all -n bookinfo --not --label reserved:host -o table
-run "DNS queries matching a regex (FlowFilter dns_query via --allowlist)" observe --input-file "$DATA" --all --allowlist '{"dns_query":["svc\\.cluster\\.local\\.$"]}' -o json --stats
-run "The raw FlowFilters hubble would send (for exporter allow/deny lists)" observe --namespace payments --not --label k8s:app=web --print-raw-filters
+b "0. Real Hubble output from public Cilium sources, filtered exactly like hubble observe"
+run observe --input-file "$SAMPLES" --all --verdict DROPPED
+
+b "1. The lab: 30 minutes of normal traffic to learn from, then 15 minutes with attacks"
+run simulate --duration 30m --rate 60 --seed 7 -o "$OUT/history.jsonl"
+run simulate --duration 15m --rate 150 --seed 8 --start 2026-11-26T09:00:00Z -o "$OUT/flows.jsonl" \
+  --truth "$OUT/truth.jsonl" \
+  --scenario port-scan --scenario dns-c2 --scenario kube-api --scenario exfiltration \
+  --scenario namespace-breach --scenario policy-gap --scenario threat-intel --scenario new-edge \
+  --scenario drop-spike:at=0.85,window=90s
+
+b "2. What was dropped? (the last 8 policy drops)"
+run observe --input-file "$OUT/flows.jsonl" --verdict DROPPED --last 8
+
+b "3. Who talks to the kube-apiserver? (reserved:kube-apiserver label, not an identity number)"
+"$FT" observe --input-file "$OUT/flows.jsonl" --all --to-label reserved:kube-apiserver --not --from-namespace kube-system \
+  -o json | .venv/bin/python -c '
+import collections, json, sys
+c = collections.Counter(json.loads(l)["flow"]["source"].get("namespace", "?") + "/" +
+                        json.loads(l)["flow"]["source"].get("pod_name", "?") for l in sys.stdin)
+for k, v in c.most_common(): print(f"{v:6} flows  {k}")'
+
+b "4. Which pods resolve unusual domains? (DNS proxy records, names outside the cluster search path)"
+run observe --input-file "$OUT/flows.jsonl" --type l7 --protocol dns \
+  --allowlist '{"dns_query":["\\.(top|xyz|tk|pw|cc)\\.$"],"destination_pod":["app/"]}' --last 6
+
+b "5. Learn a baseline from the history, then detect"
+run baseline learn "$OUT/history.jsonl" -o "$OUT/baseline.json"
+run detect "$OUT/flows.jsonl" --baseline "$OUT/baseline.json" --intel "$INTEL" --min-severity medium
+
+b "6. Ground truth of the injected attacks (from --truth), to compare"
+.venv/bin/python -c '
+import json, sys
+for line in open(sys.argv[1]):
+    t = json.loads(line)
+    scenario, category, actor, start = t["scenario"], t["category"], t["actor"], t["start"][11:19]
+    print(f"{scenario:<17} {category:<16} {actor:<36} from {start}")' "$OUT/truth.jsonl"
+echo
+echo "Files are in $OUT/. Try: $FT detect $OUT/flows.jsonl -o json | head -1 | python3 -m json.tool"

@@ -72,7 +72,7 @@ def test_every_scenario_found_with_category_and_actor(attack_run: tuple[Path, li
     for t in truth:
         actor = t["actor"]
         hits = [a for a in alerts if a["category"] == t["category"]
-                and (a["entity"].get("pod") and f"{a['entity']['namespace']}/{a['entity']['pod']}" == actor
+                and ((a["entity"].get("pod") and f"{a['entity']['namespace']}/{a['entity']['pod']}" == actor)
                      or a["entity"].get("namespace") == actor)]
         assert hits, f"{t['scenario']}: no {t['category']} alert for {actor}"
         first = min(a["detected_at"] for a in hits)

@@ -371,6 +371,30 @@ class FlowBuilder:
             t += self.rng.randrange(1_000_000, 900_000_000)
         return events
 
+    def udp_to_peer(self, client: Pod, peer: Peer, port: int, count: int) -> list[Event]:
+        """Datagrams to an address outside the pod network (upstream DNS, NTP), seen leaving the
+        client's node, with the replies coming back to the pod."""
+        sport = self.eport()
+        names = f'"destination_names":[{jstr(peer.name)}],' if peer.name else ""
+        fwd = f'"l4":{{"UDP":{{"source_port":{sport},"destination_port":{port}}}}}'
+        rev = f'"l4":{{"UDP":{{"source_port":{port},"destination_port":{sport}}}}}'
+        events: list[Event] = []
+        t = 0
+        for i in range(count):
+            events.append((t, client.node, self.trace_body(
+                eth=f'"ethernet":{{"source":"{client.mac}","destination":"{client.lxc_mac}"}},', sip=client.ip,
+                dip=peer.ip, l4=fwd, src=client.ep_local, dst=peer.ep, node=client.node, names=names, reply=False,
+                event_type=EV_TO_STACK, svc="", direction="EGRESS", point="TO_STACK",
+                reason="NEW" if i == 0 else "ESTABLISHED", iface="", summary="UDP")))
+            rtt = self.rtt(Peer(client.ip, client), peer)
+            events.append((t + rtt, client.node, self.trace_body(
+                eth=f'"ethernet":{{"source":"{client.lxc_mac}","destination":"{client.mac}"}},', sip=peer.ip,
+                dip=client.ip, l4=rev, src=peer.ep, dst=client.ep_local, node=client.node, names="", reply=True,
+                event_type=EV_TO_ENDPOINT, svc="", direction="EGRESS", point="TO_ENDPOINT", reason="REPLY",
+                iface=f'"interface":{{"index":{client.ifindex},"name":"{client.ifname}"}},', summary="UDP")))
+            t += rtt + self.rng.randrange(1_000_000, 200_000_000)
+        return events
+
     def health_ping(self) -> list[Event]:
         """cilium-health ICMP echo from another node's health endpoint, seen on the target node."""
         nodes = self.c.nodes

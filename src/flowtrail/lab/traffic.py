@@ -49,6 +49,7 @@ class Traffic:
         self.b = builder
         self.rng = rng
         self.edges: list[Edge] = []
+        self.pod_pairs: list[tuple[list[Pod], list[Pod], int]] = []  # (clients, servers, port) of pod edges
         for i, e in enumerate(cluster.spec["traffic"]):
             self.edges.append(self._edge(e, f"{cluster.source}: traffic/{i}"))
 
@@ -138,6 +139,13 @@ class Traffic:
             if name not in c.external:
                 raise ClusterError(f"{where}: {name!r} is not listed under external")
 
+            if (e.get("protocol") or "TCP").upper() == "UDP":
+                def egress_udp() -> list[Event]:
+                    peer = self.world_peer(name)
+                    return self.b.udp_to_peer(self.pick(client_wl.pods), Peer(peer.ip, ep=WORLD_EP), port,
+                                              rng.randint(1, 3))
+                return Edge(label, rate, egress_udp)
+
             def egress() -> list[Event]:
                 return self.connect(self.pick(client_wl.pods), self.world_peer(name), port, http=False,
                                     requests=req, verdict=verdict, lookup=name, lookup_share=1.0)
@@ -154,6 +162,8 @@ class Traffic:
                 return self.b.udp_datagrams(client, server, port, rng.randint(1, 4))
             return Edge(label, rate, udp, server_wl.ns, server_wl.key)
 
+        self.pod_pairs.append((client_wl.pods, server_wl.pods, port))
+
         def conn() -> list[Event]:
             client = self.pick(client_wl.pods)
             server = self.pick(server_wl.pods, avoid=client)
@@ -162,9 +172,10 @@ class Traffic:
         return Edge(label, rate, conn, server_wl.ns, server_wl.key)
 
     def background_drop(self) -> list[Event]:
-        """A drop that is not a policy decision, between two random pods."""
-        pods = self.c.pods
-        client = self.pick(pods)
-        server = self.pick([p for p in pods if p.wl.ports] or pods, avoid=client)
-        port = server.wl.ports[0]["port"] if server.wl.ports else 8080
-        return self.b.other_drop(client, server, port)
+        """A drop that is not a policy decision (stale IP, CT map full) on one of the cluster's
+        real client/server pairs."""
+        if not self.pod_pairs:
+            return []
+        clients, servers, port = self.pod_pairs[int(self.rng.random() * len(self.pod_pairs))]
+        client = self.pick(clients)
+        return self.b.other_drop(client, self.pick(servers, avoid=client), port)
