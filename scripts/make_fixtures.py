@@ -33,7 +33,7 @@ SCENARIOS = {
     "dns-tunnel-heavy": "dns-c2:at=0.05,span=2m45s,tunnel=230,dga=60",
     "kube-api": "kube-api:at=0.2,span=2m",
     "namespace-breach": "namespace-breach:at=0.2,span=2m",
-    "drop-spike": "drop-spike:at=0.3,window=90s",
+    "drop-spike": "drop-spike:at=0.75,window=40s",
     "threat-intel": "threat-intel:at=0.2",
     "new-edge": "new-edge:at=0.2,span=2m",
 }

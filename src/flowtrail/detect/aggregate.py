@@ -116,14 +116,19 @@ class RateSpike(Aggregator):
         self.history = rule.duration(rule.aggregate.get("baseline_window", "1h"))
         self.floor = float(rule.value(rule.aggregate["threshold"]))
         self.factor = float(rule.value(rule.aggregate.get("factor", 10)))
+        # no verdict before the input has shown `warmup` of history: a namespace that drops at a
+        # steady rate from the first minute is not a spike
+        self.warmup = rule.duration(rule.aggregate.get("warmup", "2m"))
         self.recent: dict[str, deque[int]] = {}
         self.buckets: dict[str, dict[int, int]] = {}
-        self.first: dict[str, int] = {}
+        self.start: int | None = None
 
     def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
         recent = self.recent.setdefault(g.key, deque())
         buckets = self.buckets.setdefault(g.key, {})
-        first = self.first.setdefault(g.key, int(g.times[0]))
+        if self.start is None:
+            self.start = int(g.times[0])
+        start = self.start
         out = np.zeros(len(g.idx), dtype=bool)
         counts = np.zeros(len(g.idx), dtype=np.int64)
         starts = g.times.copy()
@@ -137,12 +142,12 @@ class RateSpike(Aggregator):
             b = t // w
             buckets[b] = buckets.get(b, 0) + 1
             # trailing buckets strictly before the current one; before an hour of history the
-            # mean is over the time seen so far (at least one window), which the floor guards
-            span = min(n_hist, max((b - first // w), 1))
+            # mean is over the time seen so far
+            span = min(n_hist, max((b - start // w), 1))
             trailing = sum(buckets.get(k, 0) for k in range(b - span, b)) / span
             counts[i] = len(recent)
             starts[i] = recent[0]
-            if len(recent) >= self.floor and len(recent) >= self.factor * trailing:
+            if t - start >= self.warmup and len(recent) >= self.floor and len(recent) >= self.factor * trailing:
                 out[i] = True
         for k in [k for k in buckets if k < (int(g.times[-1]) // w) - n_hist - 1]:
             del buckets[k]

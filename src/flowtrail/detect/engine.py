@@ -16,13 +16,45 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.detect.aggregate import Aggregator, Alerts, Group, make_aggregator
+from flowtrail.detect.aggregate import Aggregator, Alerts, Group, RateSpike, make_aggregator
 from flowtrail.detect.alerts import Alert
 from flowtrail.detect.conditions import MaskFn, compile_where, needs_baseline
 from flowtrail.detect.features import FEATURE_PATHS, Enrichment, build
 from flowtrail.detect.rules import Rule, RuleError
 from flowtrail.filters import FilterSet
 from flowtrail.model.timeutil import format_ns
+
+
+def _not_label(*words: str) -> str:
+    """RE2 for one non-empty DNS label that is none of `words` (RE2 has no lookahead): walk the
+    trie of the words; at each node either leave the trie (a char no word continues with, then
+    anything) or follow a word's next char; stopping is allowed where no word ends."""
+    trie: dict[str, Any] = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def rx(node: dict[str, Any], root: bool) -> str:
+        kids = sorted(k for k in node if k)
+        alts = ["[^" + re.escape("".join(kids)) + '.\"\\\\][^."]*']
+        alts += [re.escape(k) + rx(node[k], False) for k in kids]
+        if not root and "" not in node:
+            alts.append("")
+        return "(?:" + "|".join(alts) + ")"
+    return rx(trie, True)
+
+
+# Named prefilter fragments: each must match a superset of the lines the rules using it select.
+PREFILTER_MACROS = {
+    # DNS records whose name is outside the cluster: last label not local/svc/internal (the
+    # rules' dns.cluster_local), at least two labels
+    "dns_external": '"query":"[^"]*[^."]\\.' + _not_label("local", "svc", "internal") + '\\.?"',
+    # the destination endpoint (no nested objects before its labels) carries the reserved label
+    "world_destination": '"destination":\\{[^{}]*"reserved:world"',
+    "apiserver_destination": '"destination":\\{[^{}]*"reserved:kube-apiserver"',
+}
 
 _ENTITY_WORKLOAD = {"src.key": "src.wl_key", "dst.key": "dst.wl_key", "conn.client": "conn.client_wl"}
 
@@ -53,6 +85,7 @@ class Engine:
         self.rules: list[CompiledRule] = []
         self.stats = EngineStats()
         self.lost_alert: Alert | None = None
+        self.t0: int | None = None
         for r in rules:
             if not r.enabled:
                 continue
@@ -69,8 +102,17 @@ class Engine:
             if pre == "all" or pre is None:
                 needles = None
             else:
-                # literal strings, or RE2 fragments written `re:...`
-                needles = tuple(x[3:] if x.startswith("re:") else re.escape(x) for x in map(str, pre))
+                # literal strings, RE2 fragments written `re:...`, or `@macro`
+                frags = []
+                for x in map(str, pre):
+                    if x.startswith("@"):
+                        if x[1:] not in PREFILTER_MACROS:
+                            raise RuleError(f"{r.source}: {r.id}: unknown prefilter macro {x} "
+                                            f"(known: {', '.join('@' + k for k in PREFILTER_MACROS)})")
+                        frags.append(PREFILTER_MACROS[x[1:]])
+                    else:
+                        frags.append(x[3:] if x.startswith("re:") else re.escape(x))
+                needles = tuple(frags)
             self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r), Alerts(r), needles))
         paths = set(FEATURE_PATHS)
         for cr in self.rules:
@@ -106,6 +148,13 @@ class Engine:
             return
         ft = build(table, self.enrichment)
         self.stats.flows += ft.num_rows
+        if self.t0 is None:
+            # warm-ups count from the first flow of the input, not from a rule's first match
+            t0 = pc.min(ft["time"]).as_py()
+            self.t0 = t0
+            for cr in self.rules:
+                if isinstance(cr.agg, RateSpike) and cr.agg.start is None:
+                    cr.agg.start = t0
         for cr in self.rules:
             m = cr.where(ft, self.baseline)
             if cr.scope is not None and m.any():

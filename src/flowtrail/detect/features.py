@@ -212,6 +212,7 @@ def build(table: pa.Table, enrich: Enrichment) -> pa.Table:
     f["conn.server"] = pc.if_else(reply, f["src.key"], f["dst.key"])
     f["conn.server_ip"] = pc.if_else(reply, src_ip, dst_ip)
     f["conn.server_port"] = pc.if_else(reply, f["src.port"], f["dst.port"])
+    f["conn.server_world"] = pc.if_else(reply, f["src.world"], f["dst.world"])
     # where a policy drop happened: the namespace whose policy decided
     egress = pc.fill_null(pc.equal(f["direction"], "EGRESS"), False)
     f["drop.namespace"] = pc.if_else(egress, pc.coalesce(f["src.namespace"], f["dst.namespace"]),
@@ -239,6 +240,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     "dst.name", "dns.request", "dns.response", "dns.rcode", "dns.qtype", "dns.query", "dns.registered", "dns.tld",
     "dns.subdomain", "dns.length", "dns.labels", "dns.max_label", "dns.entropy", "dns.dga", "dns.cluster_local",
     "dns.ips", "intel.ip", "intel.domain", "intel.answer", "dst.name_tld", "dst.name_dga", "dst.name_registered",
-    "conn.client", "conn.client_wl", "conn.client_ns", "conn.server", "conn.server_ip", "conn.server_port",
+    "conn.client", "conn.client_wl", "conn.client_ns", "conn.server", "conn.server_ip", "conn.server_port", "conn.server_world",
     "drop.namespace", "ext", "wl_domain", "ns_pair", "edge",
 )

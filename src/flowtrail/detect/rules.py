@@ -77,6 +77,7 @@ RULE_SCHEMA: dict[str, Any] = {
                 "timespan": _DURATION,
                 "threshold": _NUM,
                 "baseline_window": _DURATION,
+                "warmup": _DURATION,
                 "factor": _NUM,
             }},
             "suppress": _DURATION,
@@ -246,7 +247,7 @@ def check_rule(rule: Rule) -> None:
         for op in OPS:
             if op in c:
                 rule.value(c[op])
-    for k in ("timespan", "baseline_window"):
+    for k in ("timespan", "baseline_window", "warmup"):
         if k in rule.aggregate:
             rule.duration(rule.aggregate[k])
     for k in ("threshold", "factor"):
