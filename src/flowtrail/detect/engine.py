@@ -38,7 +38,7 @@ def _not_label(*words: str) -> str:
 
     def rx(node: dict[str, Any], root: bool) -> str:
         kids = sorted(k for k in node if k)
-        alts = ["[^" + re.escape("".join(kids)) + '.\"\\\\][^."]*']
+        alts = ["[^" + re.escape("".join(kids)) + '.\"\\\\\\n][^."\\n]*']
         alts += [re.escape(k) + rx(node[k], False) for k in kids]
         if not root and "" not in node:
             alts.append("")
@@ -50,10 +50,10 @@ def _not_label(*words: str) -> str:
 PREFILTER_MACROS = {
     # DNS records whose name is outside the cluster: last label not local/svc/internal (the
     # rules' dns.cluster_local), at least two labels
-    "dns_external": '"query":"[^"]*[^."]\\.' + _not_label("local", "svc", "internal") + '\\.?"',
+    "dns_external": '"query":"[^"\\n]*[^."\\n]\\.' + _not_label("local", "svc", "internal") + '\\.?"',
     # the destination endpoint (no nested objects before its labels) carries the reserved label
-    "world_destination": '"destination":\\{[^{}]*"reserved:world"',
-    "apiserver_destination": '"destination":\\{[^{}]*"reserved:kube-apiserver"',
+    "world_destination": '"destination":\\{[^{}\\n]*"reserved:world"',
+    "apiserver_destination": '"destination":\\{[^{}\\n]*"reserved:kube-apiserver"',
 }
 
 _ENTITY_WORKLOAD = {"src.key": "src.wl_key", "dst.key": "dst.wl_key", "conn.client": "conn.client_wl"}
@@ -67,6 +67,7 @@ class CompiledRule:
     agg: Aggregator
     alerts: Alerts
     needles: tuple[str, ...] | None  # RE2 fragments; None: every line may matter
+    columns: list[str] = field(default_factory=list)  # features the rule's aggregation reads
     matched: int = 0
 
 
@@ -113,22 +114,29 @@ class Engine:
                     else:
                         frags.append(x[3:] if x.startswith("re:") else re.escape(x))
                 needles = tuple(frags)
-            self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r), Alerts(r), needles))
+            cols = {"time", "uuid", *RENDER_COLUMNS, *r.group_by, r.entity, r.peers}
+            if r.entity in _ENTITY_WORKLOAD:
+                cols.add(_ENTITY_WORKLOAD[r.entity])
+            if "field" in r.aggregate:
+                cols.add(r.aggregate["field"])
+            self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r), Alerts(r), needles,
+                                           sorted(cols)))
         paths = set(FEATURE_PATHS)
         for cr in self.rules:
             if cr.scope is not None:
                 paths |= cr.scope.paths
         self.paths = sorted(paths)
 
-    def prefilter(self) -> str | None:
-        """RE2 pattern a line must match to be decoded (None: every line). Each rule's fragments
-        must match a superset of the lines its conditions select."""
+    def prefilter(self) -> list[str] | None:
+        """Patterns (RE2/Hyperscan syntax, never spanning a newline) of which a line must match
+        one to be decoded; None: every line. Each rule's fragments match a superset of the lines
+        its conditions select."""
         out: list[str] = ['"lost_events"']
         for cr in self.rules:
             if cr.needles is None:
                 return None
             out.extend(n for n in cr.needles if n not in out)
-        return "|".join(out)
+        return out
 
     # ------------------------------------------------------------------ per batch
     def process(self, table: pa.Table) -> None:
@@ -161,7 +169,9 @@ class Engine:
                 m &= cr.scope.mask(table)
             if not m.any():
                 continue
-            sel = ft.filter(pa.array(m))
+            # only the columns this rule reads travel through filter/sort
+            idx = np.flatnonzero(m)
+            sel = ft.select(cr.columns).take(pa.array(idx))
             order = pc.sort_indices(sel["time"])
             sel = sel.take(order)
             self.stats.rule_rows[cr.rule.id] += sel.num_rows
@@ -244,9 +254,12 @@ class Engine:
         return sorted(out, key=lambda a: (a.detected_at, a.rule, a.group))
 
 
+RENDER_COLUMNS = ("time", "src.key", "src.port", "dst.key", "dst.port", "proto", "verdict", "dns.query", "dns.rcode",
+                  "dst.name", "is_reply")
+
+
 def _render(sel: pa.Table, i: int) -> str:
-    r = {k: sel[k][i].as_py() for k in ("time", "src.key", "src.port", "dst.key", "dst.port", "proto", "verdict",
-                                        "dns.query", "dns.rcode", "dst.name", "is_reply")}
+    r = {k: sel[k][i].as_py() for k in RENDER_COLUMNS}
     arrow = "<-" if r["is_reply"] else "->"
     src = f"{r['src.key']}:{r['src.port']}" if r["src.port"] is not None else str(r["src.key"])
     dst = f"{r['dst.key']}:{r['dst.port']}" if r["dst.port"] is not None else str(r["dst.key"])

@@ -24,6 +24,7 @@ enough to write benchmark data.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -256,7 +257,7 @@ class FlowBuilder:
             method, path, ua = "GET", "/metrics", "Prometheus/2.53.1"
         else:
             method, path = rng.choice(wl.http) if wl.http else ("GET", "/")
-            ua = USER_AGENTS[hash(client.ip) % len(USER_AGENTS)]
+            ua = USER_AGENTS[zlib.crc32(client.ip.encode()) % len(USER_AGENTS)]
         path = path.replace("{id}", str(rng.randrange(1000, 999999))).replace("{n}", str(rng.randrange(1, 60)))
         trace_id = ""
         if ua.startswith("Prometheus"):
@@ -444,7 +445,8 @@ class FlowBuilder:
     def _dns_template(self, client: Pod, name: str, answers: dict[str, list[str]] | None, rcode: int,
                       qtypes: Sequence[str], search: bool) -> tuple[list[tuple[int, int, list[str]]], list[str], int]:
         ns = client.wl.ns
-        resolver = self.dns_pods[hash((client.name, name)) % len(self.dns_pods)]
+        # a stable hash: str hash() is salted per process, and output must depend on the seed only
+        resolver = self.dns_pods[zlib.crc32(f"{client.name}|{name}".encode()) % len(self.dns_pods)]
         if name in self.c.workloads:
             wl = self.c.workloads[name]
             fq = f"{wl.service or wl.name}.{wl.ns}.svc.cluster.local."

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import multiprocessing as mp
+import os
 import queue
 import random
 import sys
@@ -32,8 +34,7 @@ from flowtrail.lab.traffic import Traffic
 from flowtrail.util.memory import reuse_large_allocations
 
 NS = 1_000_000_000
-FLUSH_SESSIONS = 256  # sessions expanded between two sorted flushes
-CHUNK_BYTES = 2 << 20
+SEGMENT_FLOWS = 40_000  # expected flows per rendered segment (bounds memory per worker)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Options:
     rate: float | None = None  # flows per second (cluster-wide mean); None = the YAML's rates
     output: str = "-"
     truth: str | None = None
+    workers: int | None = None  # rendering processes (default: CPU count); output does not depend on it
 
 
 @dataclass
@@ -192,22 +194,6 @@ class _Writer:
             raise self.errors[0]
 
 
-def _sessions(starts: np.ndarray, edges: np.ndarray, extra: list[tuple[int, int, list[Event]]],
-              makers: list[Callable[[], list[Event]]]) -> Iterator[tuple[int, int, list[Event] | None, int]]:
-    """Scheduled sessions merged with scenario sessions, in start order: (start, tag, events, edge)."""
-    extra.sort(key=itemgetter(0))
-    j = 0
-    n_extra = len(extra)
-    for start, edge in zip(starts.tolist(), edges.tolist(), strict=True):
-        while j < n_extra and extra[j][0] <= start:
-            t, tag, ev = extra[j]
-            yield t, tag, ev, -1
-            j += 1
-        yield start, 0, None, edge
-    for t, tag, ev in extra[j:]:
-        yield t, tag, ev, -1
-
-
 def simulate(opts: Options, progress: Callable[[int, int], None] | None = None) -> Stats:
     wall = time.perf_counter()
     reuse_large_allocations()
@@ -236,59 +222,58 @@ def simulate(opts: Options, progress: Callable[[int, int], None] | None = None) 
             starts, edges = starts[keep], edges[keep]
 
     end_ns = opts.start_ns + opts.duration_ns
-    head = '{"flow":{"time":"'
-    emitter = f'","emitter":{{"name":"Hubble","version":"{cluster.hubble_version}"}},'
-    tails = [f'}},"node_name":"{n.name}","time":"' for n in cluster.nodes]
-    uuid_gen = np.random.default_rng([opts.seed, 0x0055_1D])
+    # Fixed segments of simulated time, rendered independently (own random streams per
+    # segment) and stitched in order: the output depends on the seed only, not on how many
+    # processes render it.
+    flows_per_s = (opts.rate if opts.rate is not None else
+                   sum(e.rate * m for e, m in zip(traffic.edges, per_edge, strict=True)))
+    seg_ns = int(max(1.0, SEGMENT_FLOWS / max(flows_per_s, 1e-9)) * NS)
+    bounds = list(range(opts.start_ns, end_ns, seg_ns)) + [end_ns]
+    extra.sort(key=itemgetter(0))
+    extra_t = np.array([x[0] for x in extra], dtype=np.int64)
+    job = _SegmentJob(cluster=cluster, builder=builder, traffic=traffic, makers=makers, starts=starts,
+                      edges=edges, extra=extra, extra_t=extra_t, bounds=bounds, end_ns=end_ns, seed=opts.seed)
     writer = _Writer(opts.output)
     stats = Stats(scale=scale)
-    pending: list[tuple[int, int, str, int]] = []
-    buf: list[str] = []
-    buf_bytes = 0
-    total = len(starts) + len(extra)
-
-    def emit(upto: int) -> None:
-        nonlocal pending, buf, buf_bytes
-        pending.sort(key=itemgetter(0))
-        cut = bisect_left(pending, min(upto, end_ns), key=itemgetter(0))
-        ready, pending = pending[:cut], pending[cut:]
-        if upto == sys.maxsize:
-            pending = []  # events after the end of the simulated span
-        if ready:
-            times = [ev[0] for ev in ready]
-            texts = timestamps(times)
-            uids = uuid4_block(uuid_gen, len(ready))
-            lines = [f'{head}{t}","uuid":"{uids[36 * i:36 * i + 36]}{emitter}{ev[2]}{tails[ev[1]]}{t}"}}\n'
-                     for i, (t, ev) in enumerate(zip(texts, ready, strict=True))]
-            for i in [i for i, ev in enumerate(ready) if ev[3]]:
-                tr = truths[ready[i][3] - 1]
-                if not tr.uuids:
-                    tr.first_ns = times[i]
-                tr.uuids.append(uids[36 * i:36 * i + 36])
-                tr.last_ns = times[i]
-            buf.extend(lines)
-            buf_bytes += sum(map(len, lines))
-            stats.flows += len(lines)
-        if buf_bytes >= CHUNK_BYTES or upto == sys.maxsize:
-            writer.put("".join(buf).encode())
-            stats.bytes += buf_bytes
-            buf, buf_bytes = [], 0
-
+    carry: list[tuple[int, str, int, str]] = []  # (time, line, tag, uuid) spilled past their segment
+    nseg = len(bounds) - 1
+    workers = max(1, min(opts.workers or (os.cpu_count() or 1), nseg))
     try:
-        count = 0
-        for start, tag, events, edge in _sessions(starts, edges, extra, makers):
-            if events is None:
-                events = makers[edge]()
-            pending.extend((start + off, node, body, tag) for off, node, body in events)
-            count += 1
-            if count % FLUSH_SESSIONS == 0:
-                emit(start)
-                if progress is not None:
-                    progress(count, total)
-        emit(sys.maxsize)
+        for k, seg in enumerate(_render_all(job, nseg, workers)):
+            hi = bounds[k + 1]
+            carry = sorted([*carry, *seg.spill])
+            take = bisect_left(carry, hi, key=itemgetter(0))
+            early, carry = carry[:take], carry[take:]
+            if early:
+                # earlier segments' late events go between this segment's lines by time
+                pos = np.searchsorted(seg.times, np.array([e[0] for e in early], dtype=np.int64), side="right")
+                parts: list[bytes] = []
+                last = 0
+                for p_, e in zip(pos.tolist(), early, strict=True):
+                    off = int(seg.offsets[p_])
+                    parts.append(seg.blob[last:off])
+                    parts.append(e[1].encode())
+                    last = off
+                parts.append(seg.blob[last:])
+                data = b"".join(parts)
+            else:
+                data = seg.blob
+            writer.put(data)
+            stats.flows += len(seg.times) + len(early)
+            stats.bytes += len(data)
+            stats.sessions += seg.sessions
+            for t, _, tag, uid in early:
+                seg.truth.append((tag, t, uid))
+            for tag, t, uid in sorted(seg.truth, key=itemgetter(1)):
+                tr = truths[tag - 1]
+                if not tr.uuids:
+                    tr.first_ns = t
+                tr.uuids.append(uid)
+                tr.last_ns = max(tr.last_ns, t)
+            if progress is not None:
+                progress(k + 1, nseg)
     finally:
         writer.close()
-    stats.sessions = count
     stats.seconds = time.perf_counter() - wall
     stats.truth = [t.record() for t in truths]
     if opts.truth:
@@ -296,6 +281,89 @@ def simulate(opts: Options, progress: Callable[[int, int], None] | None = None) 
             for rec in stats.truth:
                 fh.write(orjson.dumps(rec) + b"\n")
     return stats
+
+
+@dataclass
+class _SegmentJob:
+    cluster: Cluster
+    builder: FlowBuilder
+    traffic: Traffic
+    makers: list[Callable[[], list[Event]]]
+    starts: np.ndarray
+    edges: np.ndarray
+    extra: list[tuple[int, int, list[Event]]]
+    extra_t: np.ndarray
+    bounds: list[int]
+    end_ns: int
+    seed: int
+
+
+@dataclass
+class _Segment:
+    blob: bytes  # lines whose time falls in the segment, sorted
+    times: np.ndarray  # their times
+    offsets: np.ndarray  # byte offset of each line in blob, plus the end
+    spill: list[tuple[int, str, int, str]]  # later events: (time, line, tag, uuid)
+    truth: list[tuple[int, int, str]]  # (tag, time, uuid) of tagged lines in blob
+    sessions: int
+
+
+_JOB: _SegmentJob | None = None
+
+
+def _render_all(job: _SegmentJob, nseg: int, workers: int) -> Iterator[_Segment]:
+    global _JOB
+    _JOB = job
+    try:
+        if workers <= 1:
+            for k in range(nseg):
+                yield _render(k)
+            return
+        with mp.get_context("fork").Pool(workers) as pool:
+            yield from pool.imap(_render, range(nseg))
+    finally:
+        _JOB = None
+
+
+def _render(k: int) -> _Segment:
+    """Sessions starting in segment k, expanded, timed, formatted."""
+    job = _JOB
+    assert job is not None
+    lo, hi = job.bounds[k], job.bounds[k + 1]
+    rng = random.Random(f"{job.seed}:segment:{k}")
+    job.builder.rng = rng
+    job.traffic.rng = rng
+    uuid_gen = np.random.default_rng([job.seed, k, 0x0055_1D])
+    i0, i1 = np.searchsorted(job.starts, [lo, hi], side="left").tolist()
+    j0, j1 = np.searchsorted(job.extra_t, [lo, hi], side="left").tolist()
+    events: list[tuple[int, int, str, int]] = []
+    makers = job.makers
+    for start, edge in zip(job.starts[i0:i1].tolist(), job.edges[i0:i1].tolist(), strict=True):
+        events.extend([(start + off, node, body, 0) for off, node, body in makers[edge]()])
+    for start, tag, evs in job.extra[j0:j1]:
+        events.extend([(start + off, node, body, tag) for off, node, body in evs])
+    events.sort(key=itemgetter(0))
+    cut_end = bisect_left(events, job.end_ns, key=itemgetter(0))
+    events = events[:cut_end]  # nothing after the simulated span
+    n = len(events)
+    cluster = job.cluster
+    head = '{"flow":{"time":"'
+    emitter = f'","emitter":{{"name":"Hubble","version":"{cluster.hubble_version}"}},'
+    tails = [f'}},"node_name":"{nd.name}","time":"' for nd in cluster.nodes]
+    times = [ev[0] for ev in events]
+    texts = timestamps(times) if n else []
+    uids = uuid4_block(uuid_gen, n) if n else ""
+    lines = [f'{head}{t}","uuid":"{uids[36 * i:36 * i + 36]}{emitter}{ev[2]}{tails[ev[1]]}{t}"}}\n'
+             for i, (t, ev) in enumerate(zip(texts, events, strict=True))]
+    split = bisect_left(times, hi)
+    own = lines[:split]
+    lens = np.fromiter(map(len, own), dtype=np.int64, count=len(own))
+    offsets = np.zeros(len(own) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    truth = [(events[i][3], times[i], uids[36 * i:36 * i + 36]) for i in range(split) if events[i][3]]
+    spill = [(times[i], lines[i], events[i][3], uids[36 * i:36 * i + 36]) for i in range(split, n)]
+    return _Segment(blob="".join(own).encode(), times=np.array(times[:split], dtype=np.int64), offsets=offsets,
+                    spill=spill, truth=truth, sessions=(i1 - i0) + (j1 - j0))
 
 
 __all__ = ["ClusterError", "Options", "Stats", "simulate"]

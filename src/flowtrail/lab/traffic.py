@@ -87,7 +87,6 @@ class Traffic:
     # ---------------------------------------------------------------- edges
     def _edge(self, e: dict[str, Any], where: str) -> Edge:
         c = self.c
-        rng = self.rng
         kind = e.get("kind", "")
         src, dst = e.get("from", ""), e.get("to", "")
         rate = float(e["rate"])
@@ -124,9 +123,9 @@ class Traffic:
             server_wl = c.workload(dst, where)
 
             def ingress() -> list[Event]:
-                client = Peer(world_client_ip(rng), ep=WORLD_EP)
+                client = Peer(world_client_ip(self.rng), ep=WORLD_EP)
                 return self.b.tcp_connection(client, self.pod_peer(self.pick(server_wl.pods)), port,
-                                             requests=rng.randint(*req))
+                                             requests=self.rng.randint(*req))
             return Edge(label, rate, ingress, server_wl.ns, server_wl.key)
         client_wl = c.workload(src, where)
         if dst == "kube-apiserver":
@@ -143,7 +142,7 @@ class Traffic:
                 def egress_udp() -> list[Event]:
                     peer = self.world_peer(name)
                     return self.b.udp_to_peer(self.pick(client_wl.pods), Peer(peer.ip, ep=WORLD_EP), port,
-                                              rng.randint(1, 3))
+                                              self.rng.randint(1, 3))
                 return Edge(label, rate, egress_udp)
 
             def egress() -> list[Event]:
@@ -159,7 +158,7 @@ class Traffic:
             def udp() -> list[Event]:
                 client = self.pick(client_wl.pods)
                 server = self.pick(server_wl.pods, avoid=client)
-                return self.b.udp_datagrams(client, server, port, rng.randint(1, 4))
+                return self.b.udp_datagrams(client, server, port, self.rng.randint(1, 4))
             return Edge(label, rate, udp, server_wl.ns, server_wl.key)
 
         self.pod_pairs.append((client_wl.pods, server_wl.pods, port))

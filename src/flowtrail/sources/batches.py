@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,15 +40,54 @@ class Batch:
 @dataclass
 class _Job:
     decoder: Decoder
-    prefilter: str | None  # RE2 pattern a line must match to be decoded; None = every line
+    prefilter: Sequence[str] | None  # patterns; a line is decoded if it matches one. None = all
     regex: str | None = None
+    hs_db: Any = None
 
     def __post_init__(self) -> None:
-        if self.prefilter is not None:
-            # one RE2 pass over a block (~450 MB/s here) however many alternatives the rules
-            # have; lines that may be non-canonical JSON are always decoded
-            markers = "|".join(re.escape(m.decode("latin-1")) for m in NONCANONICAL)
-            self.regex = f"{self.prefilter}|{markers}"
+        if self.prefilter is None:
+            return
+        # lines that may be non-canonical JSON (escapes) are always decoded
+        patterns = [*self.prefilter, *(re.escape(m.decode("latin-1")) for m in NONCANONICAL)]
+        self.regex = "|".join(patterns)
+        self.hs_db = _hyperscan(patterns)
+
+
+def _hyperscan(patterns: Sequence[str]) -> Any:
+    """A Hyperscan block-mode database of the patterns, or None where Hyperscan is unavailable.
+
+    Hyperscan scans a whole block for all patterns at once (~0.5-2 GB/s here against ~150 MB/s
+    for an RE2 alternation applied line by line), reporting match end offsets we map to lines."""
+    try:
+        import hyperscan
+    except ImportError:
+        return None
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=[p.encode() for p in patterns], ids=list(range(len(patterns))),
+                   elements=len(patterns), flags=[0] * len(patterns))
+    except hyperscan.error:
+        return None  # a pattern Hyperscan does not support: RE2 handles it
+    return db
+
+
+def _matching_lines(job: _Job, data: bytes, starts: np.ndarray, arr: pa.Array | None) -> np.ndarray:
+    """Boolean mask of the lines matching the prefilter."""
+    if job.hs_db is not None:
+        ends: list[int] = []
+        add = ends.append
+
+        def on_match(_id: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
+            add(to)
+        job.hs_db.scan(data, match_event_handler=on_match)
+        mask = np.zeros(len(starts), dtype=bool)
+        if ends:
+            # patterns never span a newline, so the end offset's line holds the whole match
+            mask[np.searchsorted(starts, np.asarray(ends, dtype=np.int64) - 1, side="right") - 1] = True
+        return mask
+    assert arr is not None and job.regex is not None
+    return np.asarray(pc.fill_null(pc.match_substring_regex(arr, job.regex), False)
+                      .to_numpy(zero_copy_only=False), dtype=bool)
 
 
 _JOB: _Job | None = None
@@ -72,8 +112,7 @@ def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
         lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
         return Batch(dec.table, source, first_line, lines, dec.errors, dec.stats)
     arr, starts = line_array(data)
-    want = np.asarray(pc.fill_null(pc.match_substring_regex(arr, job.regex), False)
-                      .to_numpy(zero_copy_only=False), dtype=bool)
+    want = _matching_lines(job, data, starts, arr)
     ends = np.append(starts[1:], len(data))
     # Lines the prefilter skips are still checked for the shape of one JSON object, so a
     # truncated or garbled line is reported (and fatal with --strict) whatever the rules read;
@@ -98,7 +137,7 @@ def _work(args: tuple[str, int, int]) -> Batch:
 
 
 def batches(inputs: Sequence[Input], decoder: Decoder,
-            prefilter: str | None = None, workers: int | None = None,
+            prefilter: Sequence[str] | None = None, workers: int | None = None,
             progress: Callable[[int], None] | None = None) -> Iterator[Batch]:
     """Decoded batches of every input, in order; `progress(bytes)` after each."""
     global _JOB
