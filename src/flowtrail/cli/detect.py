@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 import orjson
+import pyarrow as pa
 import yaml
 
 from flowtrail.detect.alerts import Alert
@@ -24,6 +25,7 @@ from flowtrail.sources.decode import Decoder
 from flowtrail.sources.files import expand_inputs
 
 MAX_REPORTED_ERRORS = 20
+ENGINE_BATCH_ROWS = 65_536
 
 
 def load_config(path: str | None) -> dict[str, Any]:
@@ -95,6 +97,23 @@ def run_engine(engine: Engine, inputs: tuple[str, ...], workers: int | None, str
         task = bar.add_task("detecting", total=total)
         bar.start()
     lines = bad = 0
+    pending: list[pa.Table] = []
+    rows = 0
+
+    def flush() -> None:
+        nonlocal pending, rows
+        if not pending:
+            return
+        # the engine's cost is mostly per batch (a few hundred vectorized calls), so decoded
+        # blocks are gathered into batches of ~64k rows; order and results are unchanged
+        table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+        pending, rows = [], 0
+        if learn is not None:
+            flows = table.filter(table.column("flow").is_valid()) if "flow" in table.column_names else table
+            learn.learn(build(flows, engine.enrichment))
+        else:
+            engine.process(table)
+
     try:
         for b in batches(ins, decoder, needles, workers,
                          progress=(lambda n: bar.advance(task, n)) if bar is not None else None):
@@ -105,12 +124,12 @@ def run_engine(engine: Engine, inputs: tuple[str, ...], workers: int | None, str
                     raise click.ClickException(f"{err} (--strict)")
                 if bad <= MAX_REPORTED_ERRORS:
                     click.echo(f"warning: {err}", err=True)
-            if learn is not None:
-                flows = b.table.filter(b.table.column("flow").is_valid()) if "flow" in b.table.column_names \
-                    else b.table
-                learn.learn(build(flows, engine.enrichment))
-            else:
-                engine.process(b.table)
+            if b.table.num_rows:
+                pending.append(b.table)
+                rows += b.table.num_rows
+            if rows >= ENGINE_BATCH_ROWS:
+                flush()
+        flush()
     finally:
         if bar is not None:
             bar.stop()

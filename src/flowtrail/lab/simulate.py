@@ -228,7 +228,7 @@ def simulate(opts: Options, progress: Callable[[int, int], None] | None = None) 
     flows_per_s = (opts.rate if opts.rate is not None else
                    sum(e.rate * m for e, m in zip(traffic.edges, per_edge, strict=True)))
     seg_ns = int(max(1.0, SEGMENT_FLOWS / max(flows_per_s, 1e-9)) * NS)
-    bounds = list(range(opts.start_ns, end_ns, seg_ns)) + [end_ns]
+    bounds = [*range(opts.start_ns, end_ns, seg_ns), end_ns]
     extra.sort(key=itemgetter(0))
     extra_t = np.array([x[0] for x in extra], dtype=np.int64)
     job = _SegmentJob(cluster=cluster, builder=builder, traffic=traffic, makers=makers, starts=starts,
