@@ -117,6 +117,14 @@ def test_scenario_flows_look_like_the_attack(sim: tuple[Path, Path, list[dict]])
         f = json.loads(line)["flow"]
         by_uuid[f["uuid"]] = f
     t = {x["scenario"]: x for x in truth}
+    # every truth flow is one of the actor's (or, for drop-spike, into the namespace)
+    for sc in truth:
+        actor = sc["actor"]
+        for u in sc["uuids"]:
+            f = by_uuid[u]
+            keys = {f"{ep.get('namespace')}/{ep.get('pod_name')}" for ep in (f["source"], f["destination"])}
+            nss = {ep.get("namespace") for ep in (f["source"], f["destination"])}
+            assert actor in keys or actor in nss, (sc["scenario"], u)
     scan = [by_uuid[u] for u in t["port-scan"]["uuids"]]
     assert sum(f["verdict"] == "DROPPED" for f in scan) / len(scan) > 0.8
     assert len({f["l4"]["TCP"]["destination_port"] for f in scan if f["verdict"] == "DROPPED"}) >= 15

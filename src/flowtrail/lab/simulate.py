@@ -9,6 +9,7 @@ sorted by flow time like a Hubble Relay stream, with bounded memory.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import math
 import multiprocessing as mp
@@ -262,8 +263,7 @@ def simulate(opts: Options, progress: Callable[[int, int], None] | None = None) 
             stats.flows += len(seg.times) + len(early)
             stats.bytes += len(data)
             stats.sessions += seg.sessions
-            for t, _, tag, uid in early:
-                seg.truth.append((tag, t, uid))
+            seg.truth.extend((tag, t, uid) for t, _, tag, uid in early if tag)
             for tag, t, uid in sorted(seg.truth, key=itemgetter(1)):
                 tr = truths[tag - 1]
                 if not tr.uuids:
@@ -319,14 +319,31 @@ def _render_all(job: _SegmentJob, nseg: int, workers: int) -> Iterator[_Segment]
             for k in range(nseg):
                 yield _render(k)
             return
-        with mp.get_context("fork").Pool(workers) as pool:
-            yield from pool.imap(_render, range(nseg))
+        # freeze the parent's heap before forking: otherwise the children's garbage collector
+        # walks (and so copies, page by page) every inherited object
+        gc.collect()
+        gc.freeze()
+        try:
+            with mp.get_context("fork").Pool(workers) as pool:
+                yield from pool.imap(_render, range(nseg))
+        finally:
+            gc.unfreeze()
     finally:
         _JOB = None
 
 
 def _render(k: int) -> _Segment:
     """Sessions starting in segment k, expanded, timed, formatted."""
+    was = gc.isenabled()
+    gc.disable()  # short-lived strings and tuples only; no cycles to collect
+    try:
+        return _render_segment(k)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _render_segment(k: int) -> _Segment:
     job = _JOB
     assert job is not None
     lo, hi = job.bounds[k], job.bounds[k + 1]
