@@ -1,0 +1,1 @@
+"""Policy engine: NetworkPolicy and CiliumNetworkPolicy evaluated against connections and flows."""
