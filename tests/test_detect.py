@@ -172,3 +172,17 @@ def test_baseline_learn_and_anomaly(tmp_path: Path, attack_run: tuple[Path, list
     res = flowtrail("detect", str(out), "--baseline", str(base), "-o", "json", "--min-severity", "medium")
     rules = {json.loads(x)["rule"] for x in res.stdout.splitlines()}
     assert "anomaly.new-edge" in rules and "policy-gap.new-edge-to-sensitive" in rules
+
+
+def test_detect_policies_raises_bypass_as_policy_gap() -> None:
+    rule = next(r for r in RULES if r.id == "policy-gap.policy-bypass")
+    d = fixture_dir(rule)
+    res = flowtrail("detect", str(d / "policy-gap.jsonl.gz"), "--policies", str(d / "policies"), "-o", "json")
+    assert res.returncode == 0, res.stderr.decode()
+    alerts = [json.loads(x) for x in res.stdout.splitlines()]
+    bypass = [a for a in alerts if a["rule"] == "policy-gap.policy-bypass"]
+    assert bypass and bypass[0]["category"] == "policy-gap"
+    assert bypass[0]["entity"]["namespace"] == "frontend"
+    assert "postgres-clients" in bypass[0]["details"]["explanation"]
+    without = flowtrail("detect", str(d / "policy-gap.jsonl.gz"), "-o", "json")
+    assert b"policy-gap.policy-bypass" not in without.stdout

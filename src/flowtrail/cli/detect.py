@@ -172,12 +172,18 @@ def print_alerts(alerts: list[Alert], output: str, stats_line: str) -> None:
 @click.option("--config", "config_path", default=None, help="YAML: cluster CIDRs and per-rule overrides.")
 @click.option("--baseline", "baseline_path", default=None, help="Baseline from `flowtrail baseline learn`.")
 @click.option("--intel", "intel_files", multiple=True, metavar="FILE", help="Threat-intel feed (repeatable).")
+@click.option("--policies", "policy_paths", multiple=True, metavar="PATH",
+              help="NetworkPolicy/CiliumNetworkPolicy files or dirs: forwarded flows they deny become policy-gap alerts.")
+@click.option("--inventory", default=None, help="kubectl get namespaces,pods,services -A -o json (for --policies).")
+@click.option("--cni", type=click.Choice(["auto", "kubernetes", "cilium"]), default="auto", show_default=True,
+              help="Policy semantics where CNIs differ (for --policies).")
 @click.option("-o", "--output", type=click.Choice(["json", "compact"]), default="compact", show_default=True)
 @click.option("--min-severity", type=click.Choice(SEVERITIES), default="info", show_default=True)
 @click.option("--workers", type=int, default=None, help="Decoder processes (default: CPU count).")
 @click.option("--strict", is_flag=True, help="A bad input line is fatal.")
 def detect_cmd(inputs: tuple[str, ...], paths: tuple[str, ...], rule_dirs: tuple[str, ...],
-               config_path: str | None, baseline_path: str | None, intel_files: tuple[str, ...], output: str,
+               config_path: str | None, baseline_path: str | None, intel_files: tuple[str, ...],
+               policy_paths: tuple[str, ...], inventory: str | None, cni: str, output: str,
                min_severity: str, workers: int | None, strict: bool) -> None:
     """Detect lateral movement, scans, policy gaps, exfiltration, DNS C2, kube-apiserver access,
     namespace breaches and drop spikes in Hubble flows."""
@@ -190,8 +196,16 @@ def detect_cmd(inputs: tuple[str, ...], paths: tuple[str, ...], rule_dirs: tuple
             baseline = Baseline.load(baseline_path)
         except BaselineError as exc:
             raise click.ClickException(str(exc)) from None
+    replayer = None
+    if policy_paths:
+        from flowtrail.cli.policy import _inventory, _load, choose_cni
+        from flowtrail.policy.evaluate import Evaluator
+        from flowtrail.policy.replay import Replayer
+        ps = _load(policy_paths)
+        inv = _inventory(inventory)
+        replayer = Replayer(Evaluator(ps, choose_cni(cni, inv, ps), inv), inv)
     try:
-        engine = Engine(rules, enrichment, baseline)
+        engine = Engine(rules, enrichment, baseline, replayer)
     except RuleError as exc:
         raise click.ClickException(str(exc)) from None
     lines, _ = run_engine(engine, inputs + paths, workers, strict)

@@ -198,6 +198,9 @@ class Alerts:
                           group=g.key, first_seen=min(int(agg.starts[at]), t), detected_at=t,
                           last_seen=t, description=rule.description, remediation=rule.remediation,
                           until=t + rule.suppress_ns)
+            explanation = row(i, "explain")
+            if explanation:
+                alert.details["explanation"] = explanation
             if not isinstance(agg, Match):
                 what = "distinct" if isinstance(agg, ValueCount) else "events_in_window"
                 alert.details[what] = int(agg.values[at])

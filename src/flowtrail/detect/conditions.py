@@ -109,6 +109,18 @@ def needs_baseline(rule: Rule) -> bool:
     return walk(rule.where)
 
 
+def needs_policy(rule: Rule) -> bool:
+    """Rules reading `policy.*` features run only with --policies."""
+    def walk(conds: list[dict[str, Any]]) -> bool:
+        for c in conds:
+            if str(c.get("field", "")).startswith("policy."):
+                return True
+            if walk(c.get("any", [])) or walk(c.get("all", [])) or ("not" in c and walk([c["not"]])):
+                return True
+        return False
+    return walk(rule.where)
+
+
 def _compile_exceptions(rule: Rule) -> Callable[[pa.Table], np.ndarray] | None:
     ex = rule.exceptions
     checks: list[Callable[[pa.Table], np.ndarray]] = []

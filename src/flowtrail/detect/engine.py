@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from flowtrail.detect.aggregate import Aggregator, Alerts, Group, RateSpike, make_aggregator
 from flowtrail.detect.alerts import Alert
-from flowtrail.detect.conditions import MaskFn, compile_where, needs_baseline
+from flowtrail.detect.conditions import MaskFn, compile_where, needs_baseline, needs_policy
 from flowtrail.detect.features import FEATURE_PATHS, Enrichment, build
 from flowtrail.detect.rules import Rule, RuleError
 from flowtrail.filters import FilterSet
@@ -80,9 +80,13 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, rules: list[Rule], enrichment: Enrichment | None = None, baseline: Any = None) -> None:
+    def __init__(self, rules: list[Rule], enrichment: Enrichment | None = None, baseline: Any = None,
+                 policy: Any = None) -> None:
+        """`policy`: a flowtrail.policy.replay.Replayer; with it, flows get the `policy.*` features
+        (bypass of the loaded policies and the evaluator's explanation)."""
         self.enrichment = enrichment or Enrichment()
         self.baseline = baseline
+        self.policy = policy
         self.rules: list[CompiledRule] = []
         self.stats = EngineStats()
         self.lost_alert: Alert | None = None
@@ -91,6 +95,8 @@ class Engine:
             if not r.enabled:
                 continue
             if needs_baseline(r) and baseline is None:
+                continue
+            if needs_policy(r) and policy is None:
                 continue
             scope = None
             if r.scope.get("allow") or r.scope.get("deny"):
@@ -114,7 +120,7 @@ class Engine:
                     else:
                         frags.append(x[3:] if x.startswith("re:") else re.escape(x))
                 needles = tuple(frags)
-            cols = {"time", "uuid", *RENDER_COLUMNS, *r.group_by, r.entity, r.peers}
+            cols = {"time", "uuid", *RENDER_COLUMNS, *r.group_by, r.entity, r.peers, *([r.explain] if r.explain else [])}
             if r.entity in _ENTITY_WORKLOAD:
                 cols.add(_ENTITY_WORKLOAD[r.entity])
             if "field" in r.aggregate:
@@ -122,6 +128,9 @@ class Engine:
             self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r), Alerts(r), needles,
                                            sorted(cols)))
         paths = set(FEATURE_PATHS)
+        if policy is not None:
+            from flowtrail.policy.replay import REPLAY_PATHS
+            paths |= set(REPLAY_PATHS)
         for cr in self.rules:
             if cr.scope is not None:
                 paths |= cr.scope.paths
@@ -155,6 +164,8 @@ class Engine:
         if table.num_rows == 0:
             return
         ft = build(table, self.enrichment)
+        if self.policy is not None:
+            ft = self._policy_features(table, ft)
         self.stats.flows += ft.num_rows
         if self.t0 is None:
             # warm-ups count from the first flow of the input, not from a rule's first match
@@ -176,6 +187,19 @@ class Engine:
             sel = sel.take(order)
             self.stats.rule_rows[cr.rule.id] += sel.num_rows
             self._aggregate(cr, sel)
+
+    def _policy_features(self, table: pa.Table, ft: pa.Table) -> pa.Table:
+        from flowtrail.policy.replay import classify_audit
+        rv = self.policy.feed(table)
+        found = classify_audit(rv)
+        bypass = found["bypass"]
+        explain: list[str | None] = [None] * ft.num_rows
+        for i in np.flatnonzero(bypass).tolist():
+            v = rv.verdicts[int(rv.key[i])]
+            explain[i] = v.explanation
+        ft = ft.append_column("policy.bypass", pa.array(bypass))
+        ft = ft.append_column("policy.unexpected_drop", pa.array(found["unexpected-drop"]))
+        return ft.append_column("policy.explain", pa.array(explain, pa.string()))
 
     def _aggregate(self, cr: CompiledRule, sel: pa.Table) -> None:
         rule = cr.rule
@@ -213,6 +237,8 @@ class Engine:
                 return column(wl)[i].as_py() if wl else None
             if what == "uuid":
                 return column("uuid")[i].as_py()
+            if what == "explain":
+                return column(rule.explain)[i].as_py() if rule.explain else None
             return _render(sel, i)
 
         for part in np.split(order, bounds):

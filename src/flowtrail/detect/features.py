@@ -242,4 +242,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     "dns.ips", "intel.ip", "intel.domain", "intel.answer", "dst.name_tld", "dst.name_dga", "dst.name_registered",
     "conn.client", "conn.client_wl", "conn.client_ns", "conn.server", "conn.server_ip", "conn.server_port", "conn.server_world",
     "drop.namespace", "ext", "wl_domain", "ns_pair", "edge",
+    # with --policies (added by the engine from the policy evaluator)
+    "policy.bypass", "policy.unexpected_drop", "policy.explain",
 )

@@ -8,7 +8,8 @@ A rule's `fixtures:` names files relative to the rule file's `fixtures/` folder:
       expect: [{actor: "dev/sandbox-*"}]    # each expectation must match one alert
 
 Threat-intel rules read `fixtures/intel.txt`; baseline rules compare against
-`fixtures/baseline.json` (learned from benign traffic by scripts/make_fixtures.py).
+`fixtures/baseline.json` (learned from benign traffic by scripts/make_fixtures.py); policy rules
+evaluate `fixtures/policies/`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from flowtrail.detect.alerts import Alert
 from flowtrail.detect.baseline import Baseline
-from flowtrail.detect.conditions import needs_baseline
+from flowtrail.detect.conditions import needs_baseline, needs_policy
 from flowtrail.detect.engine import Engine
 from flowtrail.detect.features import Enrichment
 from flowtrail.detect.rules import Rule
@@ -55,7 +56,15 @@ def run_rule_on(rule: Rule, path: Path, fixtures: Path, batch_lines: int | None 
     if "domain_needles" in rule.tunables:
         rule.tunables["domain_needles"]["value"] = list(intel.domains)
     baseline = Baseline.load(fixtures / "baseline.json") if needs_baseline(rule) else None
-    engine = Engine([rule], enrichment, baseline)
+    policy = None
+    if needs_policy(rule):
+        from flowtrail.policy.endpoints import Inventory
+        from flowtrail.policy.evaluate import Evaluator
+        from flowtrail.policy.load import load_policies
+        from flowtrail.policy.replay import Replayer
+        inv = Inventory()
+        policy = Replayer(Evaluator(load_policies([str(fixtures / "policies")]), "kubernetes", inv), inv)
+    engine = Engine([rule], enrichment, baseline, policy)
     decoder = Decoder(engine.paths)
     for b in batches([Input(str(path))], decoder, engine.prefilter(), workers=1):
         if batch_lines:

@@ -71,6 +71,7 @@ RULE_SCHEMA: dict[str, Any] = {
             "entity": {"type": "string"},
             "entity_kind": {"enum": ["pod", "namespace", "node", "workload"]},
             "peers": {"type": "string"},
+            "explain": {"type": "string"},
             "aggregate": {"type": "object", "required": ["function"], "additionalProperties": False, "properties": {
                 "function": {"enum": ["match", "event_count", "value_count", "rate_spike"]},
                 "field": {"type": "string"},
@@ -122,6 +123,7 @@ class Rule:
     entity: str = "src.key"
     entity_kind: str = "pod"
     peers: str = "dst.key"
+    explain: str = ""  # feature whose value at the firing flow becomes details.explanation
     aggregate: dict[str, Any] = field(default_factory=lambda: {"function": "match"})
     suppress_ns: int = 3600 * 10**9
     tunables: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -213,7 +215,7 @@ def parse_rules(text: str, source: str) -> list[Rule]:
                     remediation=r.get("remediation", "").strip(), scope=r.get("scope", {}),
                     prefilter=r.get("prefilter"), where=r.get("where", []),
                     group_by=r.get("group_by", ["src.key"]), entity=r.get("entity", r.get("group_by", ["src.key"])[0]),
-                    entity_kind=r.get("entity_kind", "pod"), peers=r.get("peers", "dst.key"),
+                    entity_kind=r.get("entity_kind", "pod"), peers=r.get("peers", "dst.key"), explain=r.get("explain", ""),
                     aggregate=r.get("aggregate", {"function": "match"}), tunables=tunables,
                     exceptions=r.get("exceptions", {}), fixtures=r.get("fixtures", {}), raw=r)
         rule.suppress_ns = rule.duration(r.get("suppress", "1h"))
@@ -224,7 +226,7 @@ def parse_rules(text: str, source: str) -> list[Rule]:
 
 def check_rule(rule: Rule) -> None:
     known = set(FEATURE_NAMES)
-    used = [*_walk_fields(rule.where), *rule.group_by, rule.entity, rule.peers]
+    used = [*_walk_fields(rule.where), *rule.group_by, rule.entity, rule.peers, *([rule.explain] if rule.explain else [])]
     if "field" in rule.aggregate:
         used.append(rule.aggregate["field"])
     for f in used:
