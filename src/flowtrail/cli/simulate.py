@@ -34,9 +34,11 @@ def _scenario_help() -> str:
               help="Mean cluster-wide flows per second (default: the cluster file's session rates).")
 @click.option("-o", "--output", required=True, help="Output file ('-' = stdout, '.gz' = gzip).")
 @click.option("--truth", default=None, help="Write the scenarios' ground truth here (JSON lines).")
+@click.option("--workers", type=int, default=None,
+              help="Rendering processes (default: CPU count); the output does not depend on it.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
 def simulate_cmd(cluster: str | None, scenarios: tuple[str, ...], duration: str, start: str, seed: int,
-                 rate: float | None, output: str, truth: str | None, quiet: bool) -> None:
+                 rate: float | None, output: str, truth: str | None, workers: int | None, quiet: bool) -> None:
     """Simulate a Kubernetes cluster's pod traffic as Cilium Hubble flows.
 
     Writes `hubble observe -o json` / exporter lines ({"flow":...,"node_name":...,"time":...}).
@@ -50,7 +52,7 @@ def simulate_cmd(cluster: str | None, scenarios: tuple[str, ...], duration: str,
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--rate")
     opts = Options(cluster=cluster, scenarios=list(scenarios), duration_ns=dur, start_ns=start_ns, seed=seed,
-                   rate=rate, output=output, truth=truth)
+                   rate=rate, output=output, truth=truth, workers=workers)
     progress = None
     bar = None
     if not quiet and sys.stderr.isatty() and output != "-":

@@ -156,7 +156,7 @@ class _Writer:
     """Writes chunks on a thread so file I/O and compression overlap the generation."""
 
     def __init__(self, path: str) -> None:
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
         self.errors: list[BaseException] = []
         self.out: IO[bytes] | gzip.GzipFile
         if path == "-":
