@@ -1,10 +1,11 @@
-"""`flowtrail policy check` (and audit / whatif): the policy engine on the command line."""
+"""`flowtrail policy check` (and audit / whatif / generate): the policy engine on the command line."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ import pyarrow as pa
 from flowtrail.detect.features import workload_from_pod
 from flowtrail.policy.endpoints import Inventory, InventoryError, load_inventory
 from flowtrail.policy.evaluate import CNI, Evaluator, Verdict
+from flowtrail.policy.generate import Observer, generate, render, summary_header
 from flowtrail.policy.load import KIND_CCNP, KIND_CNP, PolicyLoadError, PolicySet, load_policies
 from flowtrail.policy.probes import Probe, ProbeError, connection, parse_probe, read_probes
 from flowtrail.policy.replay import (
@@ -164,11 +166,17 @@ BATCH_ROWS = 65_536
 
 def _replay(ev: Evaluator, inv: Inventory, inputs: tuple[str, ...], workers: int | None,
             on_batch: Callable[[RowVerdicts], None]) -> tuple[Replayer, int]:
+    rp = Replayer(ev, inv)
+    bad = _read_tables(inputs, workers, lambda table: on_batch(rp.feed(table)))
+    return rp, bad
+
+
+def _read_tables(inputs: tuple[str, ...], workers: int | None, on_table: Callable[[pa.Table], None]) -> int:
+    """Decode the inputs (REPLAY_PATHS) and hand them on in tables of about BATCH_ROWS rows."""
     try:
         ins = expand_inputs(list(inputs) or ["-"])
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    rp = Replayer(ev, inv)
     pending: list[pa.Table] = []
     rows = bad = 0
 
@@ -177,7 +185,7 @@ def _replay(ev: Evaluator, inv: Inventory, inputs: tuple[str, ...], workers: int
         if pending:
             table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
             pending, rows = [], 0
-            on_batch(rp.feed(table))
+            on_table(table)
     for b in batches(ins, Decoder(REPLAY_PATHS), None, workers):
         for err in b.errors:
             bad += 1
@@ -191,7 +199,7 @@ def _replay(ev: Evaluator, inv: Inventory, inputs: tuple[str, ...], workers: int
     flush()
     if bad:
         click.echo(f"warning: skipped {bad} bad line(s)", err=True)
-    return rp, bad
+    return bad
 
 
 def _time(ns: int) -> str:
@@ -343,3 +351,46 @@ def whatif_cmd(policies: tuple[str, ...], inputs: tuple[str, ...], paths: tuple[
     click.echo(f"{len(rp.verdicts)} distinct connections replayed against {len(ps.policies)} candidate policies "
                f"(cni {profile}): {counts['breaks']} flows would break, {counts['newly-allowed']} newly allowed",
                err=True)
+
+
+@policy_cmd.command("generate", context_settings=_CTX)
+@click.option("--input-file", "inputs", multiple=True, metavar="PATH",
+              help="Hubble flows: JSON lines, .gz, exporter directories, `-` for stdin.")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["cilium", "kubernetes"]), default="cilium", show_default=True,
+              help="CiliumNetworkPolicy (entities, toFQDNs, DNS rules) or networking.k8s.io/v1 NetworkPolicy.")
+@click.option("--namespace", "namespaces", multiple=True, metavar="NS",
+              help="Only write policies for workloads of this namespace (repeatable); peers may be anywhere.")
+@click.option("-o", "--output", default="-", show_default=True, metavar="DIR|-",
+              help="A directory to write one NAMESPACE.yaml per namespace into, or `-` for stdout.")
+@click.option("--workers", type=int, default=None, help="Decoder processes (default: CPU count).")
+def generate_cmd(inputs: tuple[str, ...], paths: tuple[str, ...], fmt: str, namespaces: tuple[str, ...],
+                 output: str, workers: int | None) -> None:
+    """Least-privilege policies from the traffic in the flows.
+
+    A default deny per namespace, then per workload (selected by its pods' stable labels) one
+    ingress and one egress policy allowing exactly the peers and ports of the connections it was
+    seen opening or accepting (forwarded TCP SYNs, UDP/SCTP requests, ICMP echo requests; dropped
+    flows are never allowed). YAML comments give the evidence: connection counts, first/last
+    seen and an example flow uuid per allowed peer and port.
+    """
+    obs = Observer()
+    _read_tables((*inputs, *paths), workers, obs.feed)
+    gen = generate(obs.obs, fmt, namespaces)  # type: ignore[arg-type]
+    header = summary_header(obs.obs)
+    for note in gen.notes:
+        click.echo(f"note: {note}", err=True)
+    if output == "-":
+        sys.stdout.write(render(gen.docs, header))
+    else:
+        out = Path(output)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for ns in sorted({d.namespace for d in gen.docs}):
+                (out / f"{ns}.yaml").write_text(render([d for d in gen.docs if d.namespace == ns], header))
+        except OSError as exc:
+            raise click.ClickException(f"{output}: {exc.strerror}") from None
+    wls = {(d.namespace, d.name.rsplit("-", 1)[0]) for d in gen.docs if d.name != "default-deny"}
+    click.echo(f"{len(gen.docs)} {fmt} policies for {len(wls)} workloads in "
+               f"{len({d.namespace for d in gen.docs})} namespaces from {obs.obs.openings} connection openings "
+               f"({len(obs.obs.conns)} distinct connections, {obs.obs.flows} flows read)", err=True)
