@@ -21,6 +21,7 @@ from flowtrail.policy.probes import Probe, ProbeError, connection, parse_probe, 
 from flowtrail.policy.replay import (
     REPLAY_PATHS,
     Group,
+    ReplayDecoder,
     Replayer,
     RowVerdicts,
     classify_audit,
@@ -167,11 +168,12 @@ BATCH_ROWS = 65_536
 def _replay(ev: Evaluator, inv: Inventory, inputs: tuple[str, ...], workers: int | None,
             on_batch: Callable[[RowVerdicts], None]) -> tuple[Replayer, int]:
     rp = Replayer(ev, inv)
-    bad = _read_tables(inputs, workers, lambda table: on_batch(rp.feed(table)))
+    bad = _read_tables(inputs, workers, lambda table: on_batch(rp.feed(table)), ReplayDecoder(rp.uses_fqdn))
     return rp, bad
 
 
-def _read_tables(inputs: tuple[str, ...], workers: int | None, on_table: Callable[[pa.Table], None]) -> int:
+def _read_tables(inputs: tuple[str, ...], workers: int | None, on_table: Callable[[pa.Table], None],
+                 decoder: Decoder | None = None) -> int:
     """Decode the inputs (REPLAY_PATHS) and hand them on in tables of about BATCH_ROWS rows."""
     try:
         ins = expand_inputs(list(inputs) or ["-"])
@@ -186,7 +188,7 @@ def _read_tables(inputs: tuple[str, ...], workers: int | None, on_table: Callabl
             table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
             pending, rows = [], 0
             on_table(table)
-    for b in batches(ins, Decoder(REPLAY_PATHS), None, workers):
+    for b in batches(ins, decoder or Decoder(REPLAY_PATHS), None, workers):
         for err in b.errors:
             bad += 1
             if bad <= 20:

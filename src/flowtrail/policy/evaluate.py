@@ -181,6 +181,19 @@ class Evaluator:
         self.inventory = inventory or Inventory()
         self._subject_cache: dict[tuple[Any, ...], list[Policy]] = {}
         self._index_cache: dict[tuple[Any, ...], tuple[LabelIndex, LabelIndex]] = {}
+        # direction results by everything they depend on (see _direction_key): replicas of one
+        # workload share identity labels, so a replay of millions of flows evaluates each
+        # (subject identity, peer identity, port) once instead of once per pod pair
+        self._direction_cache: dict[tuple[Any, ...], DirectionResult] = {}
+        rules = [r for p in self.policies for r in p.rules]
+        peers = [pe for r in rules for pe in r.peers or ()]
+        # a pod's IP only matters to ipBlock rules under the kubernetes profile (Cilium never
+        # matches CIDR selectors against pods, §1.4, §2.5)
+        self._pod_ip_matters = cni == "kubernetes" and any(
+            isinstance(pe, CIDRPeer) and r.flavour == "k8s" for r in rules for pe in r.peers or ())
+        self._uses_fqdn = any(isinstance(pe, FQDNPeer) for pe in peers)
+        self._uses_named_ports = any(isinstance(s.port, str) for r in rules for pr in r.ports or ()
+                                     for s in pr.ports or ())
 
     def _indexes(self, ep: Endpoint) -> tuple[LabelIndex, LabelIndex]:
         key = _ep_key(ep)
@@ -263,9 +276,29 @@ class Evaluator:
             v.explanation += f"; {l7_text}"
         return v
 
+    def _direction_key(self, subject: Endpoint, peer: Endpoint, d: Direction, conn: Connection) -> tuple[Any, ...]:
+        """What a direction's rule matching reads: identities, not pod names (see _one_peer, _l4_matches)."""
+        ip = peer.ip if (not peer.is_pod or self._pod_ip_matters) else None
+        return (d, _ep_key(subject), _ep_key(peer), peer.is_pod, ip, conn.protocol, conn.port, conn.icmp_type,
+                conn.dst_names if self._uses_fqdn else None,
+                conn.dst.ports if self._uses_named_ports else None)
+
     def direction(self, subject: Endpoint, peer: Endpoint, d: Direction, conn: Connection) -> DirectionResult:
         if not subject.is_pod:
             return DirectionResult(d, subject, "not-applicable")
+        key = self._direction_key(subject, peer, d, conn)
+        hit = self._direction_cache.get(key)
+        if hit is not None:
+            # the rule lists are shared between copies and never mutated after evaluation
+            return DirectionResult(d, subject, hit.decision, hit.isolated_by, hit.allowed_by, hit.denied_by,
+                                   hit.l7_http, hit.l7_dns, hit.l7_other)
+        res = self._direction(subject, peer, d, conn)
+        # results with notes name a particular pod or rest on unresolved facts: not shared
+        if not res.notes and not res.unresolved:
+            self._direction_cache[key] = res
+        return res
+
+    def _direction(self, subject: Endpoint, peer: Endpoint, d: Direction, conn: Connection) -> DirectionResult:
         pols = self.selecting(subject)
         res = DirectionResult(d, subject, "not-isolated")
         res.isolated_by = [p for p in pols if d in p.isolates]
