@@ -92,6 +92,7 @@ class FlowBuilder:
         self.node_frag = [f'"node_name":{js(n.name)},"node_labels":{js(n.labels)}' for n in cluster.nodes]
         self._tcp_cache: dict[tuple[object, ...], list[tuple[int, int, list[str], bool]]] = {}
         self._dns_cache: dict[tuple[object, ...], tuple[list[tuple[int, int, list[str]]], list[str], int]] = {}
+        self._http_cache: dict[tuple[str, str, str, int], tuple[str, ...]] = {}
         self.dns_pods = cluster.dns_servers()
 
     # ------------------------------------------------------------------ small helpers
@@ -214,7 +215,7 @@ class FlowBuilder:
                     point="TO_ENDPOINT", reason=reason,
                     iface=f'"interface":{{"index":{p.ifindex},"name":"{p.ifname}"}},', summary=summary)
                 out.append((idx, p.node, body.split(PH), not same_node))
-        if len(self._tcp_cache) > 50_000:  # world clients make keys unbounded; keep memory flat
+        if len(self._tcp_cache) > 4_000:  # world clients make keys unbounded; keep memory flat
             self._tcp_cache.clear()
         self._tcp_cache[key] = out
         return out
@@ -249,56 +250,78 @@ class FlowBuilder:
                 t += think[r] + rtt
         return events
 
-    def http_exchange(self, client: Peer, server: Pod, sport: int, port: int, at: int, latency: int) -> list[Event]:
-        """One HTTP request/response pair seen by the proxy on the server's node."""
-        rng = self.rng
+    def _http_static(self, client: Peer, server: Pod, port: int) -> tuple[str, ...]:
+        """The parts of an HTTP request/response pair that depend only on the two endpoints."""
+        key = (client.ip, client.pod.name if client.pod else "", server.name, port)
+        hit = self._http_cache.get(key)
+        if hit is not None:
+            return hit
         wl = server.wl
-        if client.pod is not None and client.pod.wl.name == "prometheus" and port == wl.metrics_port:
-            method, path, ua = "GET", "/metrics", "Prometheus/2.53.1"
-        else:
-            method, path = rng.choice(wl.http) if wl.http else ("GET", "/")
-            ua = USER_AGENTS[zlib.crc32(client.ip.encode()) % len(USER_AGENTS)]
-        path = path.replace("{id}", str(rng.randrange(1000, 999999))).replace("{n}", str(rng.randrange(1, 60)))
-        trace_id = ""
-        if ua.startswith("Prometheus"):
-            url = f"http://{server.ip}:{port}{path}"
-            headers = [("Accept", "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
-                        "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
-                       ("Accept-Encoding", "gzip"), ("User-Agent", ua), ("X-Prometheus-Scrape-Timeout-Seconds", "10")]
-        else:
-            same_ns = client.pod is not None and client.pod.wl.ns == wl.ns
-            host = wl.service if same_ns else f"{wl.service}.{wl.ns}"
-            url = f"http://{host}:{port}{path}"
-            headers = [("Accept", "application/json")]
-            if method in ("POST", "PUT"):
-                headers.append(("Content-Type", "application/json"))
-            trace_id = f"{rng.getrandbits(128):032x}"
-            headers += [("Traceparent", f"00-{trace_id}-{rng.getrandbits(64):016x}-01"), ("User-Agent", ua),
-                        ("X-Request-Id", self.uuid4())]
-        hdrs = js([{"key": k, "value": v} for k, v in headers])
-        x = rng.random()
-        code = 404 if x < 0.03 else 503 if x < 0.04 else 500 if x < 0.045 else 201 if method == "POST" else 200
-        l4_req = f'"l4":{{"TCP":{{"source_port":{sport},"destination_port":{port}}}}}'
-        l4_resp = f'"l4":{{"TCP":{{"source_port":{port},"destination_port":{sport}}}}}'
         node = server.node
         if client.pod is not None:
             src_ep = client.pod.ep_local if client.pod.node == node else client.pod.ep_remote
         else:
             src_ep = client.ep
         sv = js({"name": wl.service, "namespace": wl.ns}) if wl.service and client.pod is not None else ""
-        ctx = f'"trace_context":{{"parent":{{"trace_id":"{trace_id}"}}}},' if trace_id else ""
-        req_l7 = (f'{{"type":"REQUEST","http":{{"method":"{method}","url":{jstr(url)},"protocol":"HTTP/1.1",'
-                  f'"headers":{hdrs}}}}}')
-        resp_l7 = (f'{{"type":"RESPONSE","latency_ns":"{latency}","http":{{"code":{code},"method":"{method}",'
-                   f'"url":{jstr(url)},"protocol":"HTTP/1.1","headers":{hdrs}}}}}')
-        req = self.l7_body(sip=client.ip, dip=server.ip, l4=l4_req, src=src_ep, dst=server.ep_local, node=node,
-                           l7=req_l7, reply=False, svc=f'"destination_service":{sv},' if sv else "",
-                           direction="INGRESS", trace_ctx=ctx, summary=jstr(f"HTTP/1.1 {method} {url}"))
-        resp = self.l7_body(sip=server.ip, dip=client.ip, l4=l4_resp, src=server.ep_local, dst=src_ep, node=node,
-                            l7=resp_l7, reply=True, svc=f'"source_service":{sv},' if sv else "",
-                            direction="INGRESS", trace_ctx=ctx,
-                            summary=jstr(f"HTTP/1.1 {code} {latency // 1_000_000}ms ({method} {url})"))
-        return [(at, node, req), (at + latency, node, resp)]
+        same_ns = client.pod is not None and client.pod.wl.ns == wl.ns
+        host = wl.service if same_ns else f"{wl.service}.{wl.ns}"
+        scrape = "1" if client.pod is not None and client.pod.wl.name == "prometheus" and port == wl.metrics_port \
+            else ""
+        ua = "Prometheus/2.53.1" if scrape else USER_AGENTS[zlib.crc32(client.ip.encode()) % len(USER_AGENTS)]
+        out = (f'"verdict":"FORWARDED",{self._ip(client.ip, server.ip)},"l4":{{"TCP":{{"source_port":',
+               f',"destination_port":{port}}}}},"source":{src_ep},"destination":{server.ep_local},"Type":"L7",'
+               f'{self.node_frag[node]},"l7":{{"type":"REQUEST","http":{{"method":"',
+               f'"event_type":{EV_L7},' + (f'"destination_service":{sv},' if sv else "")
+               + '"traffic_direction":"INGRESS","is_reply":false,',
+               f'"verdict":"FORWARDED",{self._ip(server.ip, client.ip)},"l4":{{"TCP":{{"source_port":{port},'
+               '"destination_port":',
+               f'}}}},"source":{server.ep_local},"destination":{src_ep},"Type":"L7",{self.node_frag[node]},'
+               '"l7":{"type":"RESPONSE","latency_ns":"',
+               f'{REPLY[True]}"event_type":{EV_L7},' + (f'"source_service":{sv},' if sv else "")
+               + '"traffic_direction":"INGRESS","is_reply":true,',
+               host, scrape, ua, str(port))
+        self._http_cache[key] = out
+        return out
+
+    def http_exchange(self, client: Peer, server: Pod, sport: int, port: int, at: int, latency: int) -> list[Event]:
+        """One HTTP request/response pair seen by the proxy on the server's node. Endpoint parts
+        are cached per pair; only the request line, ids and timing are built per exchange."""
+        rng = self.rng
+        (req_a, req_b, req_c, resp_a, resp_b, resp_c, host, scrape, ua,
+         port_s) = self._http_static(client, server, port)
+        wl = server.wl
+        if scrape:
+            method, path = "GET", "/metrics"
+        else:
+            method, path = rng.choice(wl.http) if wl.http else ("GET", "/")
+        if "{" in path:
+            path = path.replace("{id}", str(rng.randrange(1000, 999999))).replace("{n}", str(rng.randrange(1, 60)))
+        if scrape:
+            url = f"http://{server.ip}:{port_s}{path}"
+            hdrs = ('[{"key":"Accept","value":"application/openmetrics-text;version=1.0.0,application/openmetrics-'
+                    'text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"},{"key":"Accept-Encoding",'
+                    f'"value":"gzip"}},{{"key":"User-Agent","value":"{ua}"}},'
+                    '{"key":"X-Prometheus-Scrape-Timeout-Seconds","value":"10"}]')
+            ctx = ""
+        else:
+            url = f"http://{host}:{port_s}{path}"
+            trace_id = f"{rng.getrandbits(128):032x}"
+            ctype = '{"key":"Content-Type","value":"application/json"},' if method in ("POST", "PUT") else ""
+            hdrs = (f'[{{"key":"Accept","value":"application/json"}},{ctype}{{"key":"Traceparent","value":'
+                    f'"00-{trace_id}-{rng.getrandbits(64):016x}-01"}},{{"key":"User-Agent","value":"{ua}"}},'
+                    f'{{"key":"X-Request-Id","value":"{self.uuid4()}"}}]')
+            ctx = f'"trace_context":{{"parent":{{"trace_id":"{trace_id}"}}}},'
+        x = rng.random()
+        code = 404 if x < 0.03 else 503 if x < 0.04 else 500 if x < 0.045 else 201 if method == "POST" else 200
+        url_j = jstr(url)
+        sp = str(sport)
+        http_tail = f'","url":{url_j},"protocol":"HTTP/1.1","headers":{hdrs}}}}},'
+        req = "".join((req_a, sp, req_b, method, http_tail, req_c, ctx, '"Summary":',
+                       jstr(f"HTTP/1.1 {method} {url}")))
+        resp = "".join((resp_a, sp, resp_b, str(latency), f'","http":{{"code":{code},"method":"{method}',
+                        http_tail, resp_c, ctx, '"Summary":',
+                        jstr(f"HTTP/1.1 {code} {latency // 1_000_000}ms ({method} {url})")))
+        return [(at, server.node, req), (at + latency, server.node, resp)]
 
     def syn_probe(self, client: Pod, server: Peer, port: int, outcome: str, *, retries: int = 0) -> list[Event]:
         """A connection attempt: `dropped` (policy denied, retransmitted `retries` times),

@@ -35,7 +35,7 @@ from flowtrail.lab.traffic import Traffic
 from flowtrail.util.memory import reuse_large_allocations
 
 NS = 1_000_000_000
-SEGMENT_FLOWS = 40_000  # expected flows per rendered segment (bounds memory per worker)
+SEGMENT_FLOWS = 20_000  # expected flows per rendered segment (bounds memory per worker)
 
 
 @dataclass
