@@ -23,6 +23,7 @@ from flowtrail.model.timeutil import parse_go_duration_ns
 from flowtrail.sources.batches import batches
 from flowtrail.sources.decode import Decoder
 from flowtrail.sources.files import expand_inputs
+from flowtrail.sources.peek import first_time_ns
 
 MAX_REPORTED_ERRORS = 20
 ENGINE_BATCH_ROWS = 65_536
@@ -88,6 +89,8 @@ def run_engine(engine: Engine, inputs: tuple[str, ...], workers: int | None, str
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     decoder = Decoder(engine.paths)
+    if ins:
+        engine.start_at(first_time_ns(ins[0]))
     needles = None if learn is not None else engine.prefilter()
     total = sum(i.size() for i in ins if not i.is_stdin)
     bar = None

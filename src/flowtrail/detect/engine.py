@@ -147,6 +147,16 @@ class Engine:
             out.extend(n for n in cr.needles if n not in out)
         return out
 
+    def start_at(self, t0_ns: int | None) -> None:
+        """The input's first flow time, when known before decoding (the prefilter may skip the
+        early lines): warm-ups count from it."""
+        if t0_ns is None or self.t0 is not None:
+            return
+        self.t0 = t0_ns
+        for cr in self.rules:
+            if isinstance(cr.agg, RateSpike) and cr.agg.start is None:
+                cr.agg.start = t0_ns
+
     # ------------------------------------------------------------------ per batch
     def process(self, table: pa.Table) -> None:
         """Feed one decoded batch (the decoder's envelope table), in flow-time order."""
@@ -169,11 +179,7 @@ class Engine:
         self.stats.flows += ft.num_rows
         if self.t0 is None:
             # warm-ups count from the first flow of the input, not from a rule's first match
-            t0 = pc.min(ft["time"]).as_py()
-            self.t0 = t0
-            for cr in self.rules:
-                if isinstance(cr.agg, RateSpike) and cr.agg.start is None:
-                    cr.agg.start = t0
+            self.start_at(pc.min(ft["time"]).as_py())
         for cr in self.rules:
             m = cr.where(ft, self.baseline)
             if cr.scope is not None and m.any():

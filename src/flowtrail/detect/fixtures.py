@@ -30,6 +30,7 @@ from flowtrail.enrich.intel import Intel
 from flowtrail.sources.batches import batches
 from flowtrail.sources.decode import Decoder
 from flowtrail.sources.files import Input
+from flowtrail.sources.peek import first_time_ns
 
 
 @dataclass
@@ -66,6 +67,7 @@ def run_rule_on(rule: Rule, path: Path, fixtures: Path, batch_lines: int | None 
         policy = Replayer(Evaluator(load_policies([str(fixtures / "policies")]), "kubernetes", inv), inv)
     engine = Engine([rule], enrichment, baseline, policy)
     decoder = Decoder(engine.paths)
+    engine.start_at(first_time_ns(Input(str(path))))
     for b in batches([Input(str(path))], decoder, engine.prefilter(), workers=1):
         if batch_lines:
             # replay as a live stream: many small batches must give the same alerts
