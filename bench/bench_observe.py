@@ -1,6 +1,6 @@
 """Side-by-side timing of `flowtrail observe` against jq (and grep as a floor).
 
-    python bench/bench_observe.py [--flows 1000000] [--repeat 3] [--write-md docs/benchmarks.md]
+    python bench/bench_observe.py [--flows 1000000] [--repeat 3] [--only flowtrail] [--write-md docs/benchmarks.md]
 
 Prints, per case and tool: median wall seconds, flows/s, MB/s, peak RSS, output lines, and the
 ratio to jq. Output goes to /dev/null; line counts of flowtrail and jq are compared.
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jq-repeat", type=int, default=1, help="jq is slow; its runs are fewer by default")
     ap.add_argument("--flowtrail", default=str(REPO / ".venv" / "bin" / "flowtrail"))
-    ap.add_argument("--write-md")
+    ap.add_argument("--only", help="run only the tools whose name starts with this (e.g. flowtrail)")
+    ap.add_argument("--write-md", help="rewrite the table of this file; sections after it are kept")
     args = ap.parse_args(argv)
     data = REPO / "bench" / "data" / f"flows-{args.flows}.jsonl"
     if not data.exists():
@@ -73,11 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if shutil.which("jaq"):
         cases[0][1].append(("jaq", ["jaq", "-c", 'select(.flow.verdict=="DROPPED")', f]))
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for title, tools in cases:
         jq_median = None
         counts = {}
         for name, cmd in tools:
+            if args.only and not name.startswith(args.only):
+                continue
             reps = args.jq_repeat if name.startswith("jq") else args.repeat
             results = [run(cmd) for _ in range(reps)]
             med = statistics.median(r[0] for r in results)
@@ -116,7 +120,10 @@ def write_md(path: Path, rows: list[tuple], args: argparse.Namespace, size_mb: f
     for r in rows:
         ratio = f"{r[8]:.1f}" if len(r) > 8 else ""
         lines.append(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:,.0f} | {r[4]:.0f} | {r[5]:.0f} | {r[6]} | {ratio} |")
-    path.write_text("\n".join(lines) + "\n")
+    # other benchmarks keep their own sections (## ...) below this table
+    old = path.read_text() if path.exists() else ""
+    rest = old[old.index("\n## ") :] if "\n## " in old else "\n"
+    path.write_text("\n".join(lines) + "\n" + rest)
 
 
 if __name__ == "__main__":

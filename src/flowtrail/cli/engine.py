@@ -1,7 +1,9 @@
 """The observe pipeline over blocks of lines: prefilter → decode → filter → time window → format.
 
 Pure with respect to I/O: a block of bytes in, formatted records out. Large regular files are
-split into byte ranges processed by worker processes (both cores), results kept in file order.
+split into byte ranges processed by worker processes (all cores), results kept in file order.
+JSON records travel from the workers as byte spans of the file, which the reading process maps,
+rather than as copies of the lines.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -22,8 +24,8 @@ from flowtrail.filters import FilterSet
 from flowtrail.filters.compile import NONCANONICAL_MARKERS
 from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.sinks.printer import PrintOptions, format_compact, format_dict, table_cells
-from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats
-from flowtrail.sources.files import Input, iter_blocks, open_binary, read_range, split_ranges
+from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, FileSpans, Rows, parse_rows
+from flowtrail.sources.files import Input, iter_blocks, open_binary, read_range_into, split_ranges
 
 PARALLEL_MIN_BYTES = 32 << 20
 
@@ -39,12 +41,50 @@ class ObserveSpec:
 
 @dataclass
 class BlockResult:
-    records: list[Any]
-    times: list[int] | None
+    """The records of one block, in order, in one of three forms: JSON rows (``rows``), formatted
+    text (``texts``) or table cells (``cells``)."""
+
+    count: int
+    times: np.ndarray | None
     errors: list[DecodeError]
     stats: DecodeStats
     lines: int = 0
     first_line: int = 1
+    rows: Rows | None = None
+    texts: list[bytes] | None = None
+    cells: list[list[str]] | None = None
+
+    def slice(self, lo: int, hi: int) -> BlockResult:
+        """The same block holding only records [lo, hi)."""
+        hi = min(hi, self.count)
+        lo = min(lo, hi)
+        if lo == 0 and hi == self.count:
+            return self
+        return BlockResult(
+            hi - lo,
+            None if self.times is None else self.times[lo:hi],
+            self.errors,
+            self.stats,
+            self.lines,
+            self.first_line,
+            None if self.rows is None else self.rows.take(np.arange(lo, hi)),
+            None if self.texts is None else self.texts[lo:hi],
+            None if self.cells is None else self.cells[lo:hi],
+        )
+
+    def records(self) -> list[Any]:
+        if self.rows is not None:
+            return self.rows.to_list()
+        if self.texts is not None:
+            return self.texts
+        return self.cells or []
+
+    def write(self, out: BinaryIO) -> None:
+        """Write the records of a JSON or compact block (dict and table have separators)."""
+        if self.rows is not None:
+            self.rows.write_lines(out)
+        elif self.texts:
+            out.write(b"".join(self.texts))
 
 
 @dataclass
@@ -67,53 +107,76 @@ class BlockProcessor:
     def __init__(self, spec: ObserveSpec) -> None:
         self.spec = spec
         fs = spec.filters
-        self.decoder = Decoder(fs.paths)
         self.needles = fs.needle_groups() if not fs.empty else None
         out = spec.print_opts.output
         self.fmt = {"compact": format_compact, "dict": format_dict}.get(out)
         self.json = out in ("json", "jsonpb")
         self.table = out in ("table", "tab")
+        self.need_times = spec.since_ns is not None or spec.until_ns is not None or spec.want_times
+        # Nothing to select on: lines are classified and canonicalised, not decoded into columns.
+        # JSON output copies them, so Arrow's reader still checks them; the other formats parse
+        # every row they print anyway, which checks it (parse_rows).
+        self.columns = not fs.empty or self.need_times
+        self.decoder = Decoder(fs.paths, checked=self.json or self.columns)
 
-    def process(self, data: bytes, source: str, first_line: int) -> BlockResult:
-        dec = self.decoder.decode_block(
-            data, source, first_line, self.needles, NONCANONICAL_MARKERS if self.needles else ()
-        )
-        table = dec.table
+    def process(self, data: bytes | bytearray, source: str, first_line: int) -> BlockResult:
         spec = self.spec
-        mask = spec.filters.mask(table) if not spec.filters.empty else np.ones(table.num_rows, dtype=bool)
+        dec = self.decoder.decode_block(
+            data, source, first_line, self.needles, NONCANONICAL_MARKERS if self.needles else (),
+            columns=self.columns,
+        )
+        lines = dec.stats.lines
+        rows, table = dec.rows, dec.table
+        mask = np.ones(len(rows), dtype=bool)
+        if table is not None and not spec.filters.empty:
+            mask = spec.filters.mask(table)
         times = None
-        if spec.since_ns is not None or spec.until_ns is not None or spec.want_times:
+        if table is not None and self.need_times:
             t = _times_ns(table)
             if spec.since_ns is not None:
                 mask &= t >= spec.since_ns
             if spec.until_ns is not None:
                 mask &= t <= spec.until_ns
-            times = t[mask].tolist() if spec.want_times else None
+            times = t[mask] if spec.want_times else None
         idx = np.flatnonzero(mask)
-        raw = dec.raw
-        records: list[Any]
         if self.json:
-            records = [raw[i] for i in idx]
-        elif self.table:
-            opts = spec.print_opts
-            records = [table_cells(orjson.loads(raw[i]), opts) for i in idx]
+            res = BlockResult(len(idx), times, dec.errors, dec.stats, lines, first_line)
+            res.rows = rows.take(idx)
+            return res
+        # Without columns each printed row is parsed here, which checks its JSON (the decoder
+        # did not); with them Arrow has checked it. Times are only read with columns.
+        parsed = parse_rows(dec, idx.tolist(), source) if not self.columns else \
+            ((i, orjson.loads(rows[i])) for i in idx.tolist())
+        opts = spec.print_opts
+        res = BlockResult(0, times, dec.errors, dec.stats, lines, first_line)
+        if self.table:
+            res.cells = [table_cells(env, opts) for _, env in parsed]
+            res.count = len(res.cells)
         else:
             assert self.fmt is not None
-            fmt, opts = self.fmt, spec.print_opts
-            records = [fmt(orjson.loads(raw[i]), opts).encode() for i in idx]
-        lines = dec.stats.lines
-        return BlockResult(records, times, dec.errors, dec.stats, lines, first_line)
+            fmt = self.fmt
+            res.texts = [fmt(env, opts).encode() for _, env in parsed]
+            res.count = len(res.texts)
+        return res
 
 
 _WORKER: BlockProcessor | None = None
 
 
+_BUFFER = bytearray()
+
+
 def _work(args: tuple[str, int, int]) -> BlockResult:
     path, start, end = args
     assert _WORKER is not None
-    data = read_range(path, start, end)
+    # the result holds no reference to the data once sent, so the next block reuses the buffer
+    data = read_range_into(path, start, end, _BUFFER)
     res = _WORKER.process(data, path, 1)
-    res.lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    if res.rows is not None:
+        if res.count * 4 < res.lines:
+            res.rows = res.rows.inline()  # a few rows: send them
+        else:
+            res.rows.base = start  # many: send their spans; the reader reads them from the file
     return res
 
 
@@ -138,11 +201,15 @@ def _run_parallel(proc: BlockProcessor, inp: Input, nproc: int) -> Iterator[Bloc
     ranges = split_ranges(inp.path)
     ctx = mp.get_context("fork")
     line = 1
+    # not closed here: results kept for --last still read from it
+    spans = FileSpans(inp.path)
     with ctx.Pool(nproc) as pool:
         for res in pool.imap(_work, [(inp.path, s, e) for s, e in ranges]):
             for err in res.errors:
                 err.line += line - 1
                 err.source = inp.name
+            if res.rows is not None and res.rows.data is None:
+                res.rows.data = spans
             res.first_line = line
             line += res.lines
             yield res

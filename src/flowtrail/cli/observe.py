@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from flowtrail.cli.engine import BlockProcessor, ObserveSpec, Totals, run_input
+from flowtrail.cli.engine import BlockProcessor, BlockResult, ObserveSpec, Totals, run_input
 from flowtrail.filters import FilterError, FilterSet
 from flowtrail.filters.compile import parse_filter_json
 from flowtrail.filters.flags import BOOL_FILTER_FLAGS, FILTER_FLAGS, FlagFilters
@@ -269,12 +269,18 @@ def observe_main(argv: list[str], stdout: BinaryIO | None = None) -> int:
     proc = BlockProcessor(spec)
     totals = Totals()
     try:
-        records = _records(proc, inputs, opts, totals)
-        if opts.first:
-            records = _take(records, opts.first)
-        elif last:
-            records = iter(deque(records, maxlen=last))
-        _write(out, records, popts)
+        sink = _Sink(out, popts)
+        if len(inputs) == 1:
+            _write_blocks(sink, _results(proc, inputs[0], opts, totals), opts.first, last)
+        else:
+            records = _merged(proc, inputs, opts, totals)
+            if opts.first:
+                records = _take(records, opts.first)
+            elif last:
+                records = iter(deque(records, maxlen=last))
+            for rec in records:
+                sink.record(rec)
+        sink.close()
     except _StrictError as exc:
         sys.stderr.write(f"flowtrail: {exc}\n")
         return 1
@@ -307,62 +313,98 @@ def _take(it: Iterator[Any], n: int) -> Iterator[Any]:
         yield rec
 
 
-def _records(proc: BlockProcessor, inputs: list[Any], opts: Options, totals: Totals) -> Iterator[Any]:
-    def one(inp: Any) -> Iterator[tuple[int, Any]]:
-        for res in run_input(proc, inp, opts.workers):
-            totals.stats.add(res.stats)
-            for err in res.errors:
-                if opts.strict:
-                    raise _StrictError(f"bad line {err}")
-                sys.stderr.write(f"flowtrail: warning: skipping bad line {err}\n")
-            totals.matched += len(res.records)
-            if res.times is None:
-                for rec in res.records:
-                    yield 0, rec
-            else:
-                yield from zip(res.times, res.records, strict=True)
+def _results(proc: BlockProcessor, inp: Any, opts: Options, totals: Totals) -> Iterator[BlockResult]:
+    """Blocks of one input, their bad lines reported (or fatal with --strict) and counted."""
+    for res in run_input(proc, inp, opts.workers):
+        totals.stats.add(res.stats)
+        for err in res.errors:
+            if opts.strict:
+                raise _StrictError(f"bad line {err}")
+            sys.stderr.write(f"flowtrail: warning: skipping bad line {err}\n")
+        totals.matched += res.count
+        yield res
 
-    if len(inputs) == 1:
-        for _, rec in one(inputs[0]):
-            yield rec
+
+def _write_blocks(sink: _Sink, results: Iterator[BlockResult], first: int, last: int) -> None:
+    """One input: whole blocks go to the sink; --first and --last cut them, not single records."""
+    if first:
+        left = first
+        for res in results:
+            sink.block(res.slice(0, left))
+            left -= min(res.count, left)
+            if not left:
+                return
         return
-    # several inputs (e.g. rotated exporter files): merge by the event time, stable per input
+    if not last:
+        for res in results:
+            sink.block(res)
+        return
+    kept: deque[BlockResult] = deque()
+    held = 0
+    for res in results:
+        if not res.count:
+            continue
+        res = res.slice(max(res.count - last, 0), res.count)
+        kept.append(res)
+        held += res.count
+        while held - kept[0].count >= last:
+            held -= kept.popleft().count
+    if kept and held > last:
+        kept[0] = kept[0].slice(held - last, kept[0].count)
+    for res in kept:
+        sink.block(res)
+
+
+def _merged(proc: BlockProcessor, inputs: list[Any], opts: Options, totals: Totals) -> Iterator[Any]:
+    """Several inputs (e.g. rotated exporter files): records merged by event time, stable per input."""
+
+    def one(inp: Any) -> Iterator[tuple[int, Any]]:
+        for res in _results(proc, inp, opts, totals):
+            times = res.times.tolist() if res.times is not None else [0] * res.count
+            yield from zip(times, res.records(), strict=True)
+
     streams = [((t, k, rec) for t, rec in one(inp)) for k, inp in enumerate(inputs)]
     for _, _, rec in heapq.merge(*streams, key=lambda x: (x[0], x[1])):
         yield rec
 
 
-def _write(out: BinaryIO, records: Iterator[Any], popts: PrintOptions) -> None:
-    fmt = popts.output
-    if fmt in ("table", "tab"):
-        rows = [table_header(popts), *records]
-        if len(rows) > 1:
-            out.write("".join(tabulate(rows)).encode())
-        return
-    buf: list[bytes] = []
-    size = 0
-    first = True
-    for rec in records:
-        if fmt in ("json", "jsonpb"):
-            buf.append(rec)
-            buf.append(b"\n")
-            size += len(rec) + 1
-        elif fmt == "dict":
-            if not first:
-                buf.append(b"------------\n")
-            buf.append(rec)
-            size += len(rec)
+class _Sink:
+    """Writes records in the chosen format; the table format is laid out at the end."""
+
+    def __init__(self, out: BinaryIO, popts: PrintOptions) -> None:
+        self.out = out
+        self.fmt = popts.output
+        self.popts = popts
+        self.rows: list[list[str]] = []
+        self.first = True
+
+    def block(self, res: BlockResult) -> None:
+        if not res.count:
+            return
+        if self.fmt in ("table", "tab"):
+            self.rows.extend(res.cells or [])
+        elif self.fmt == "dict":
+            for rec in res.records():
+                self.record(rec)
         else:
-            buf.append(rec)
-            size += len(rec)
-        first = False
-        if size > 1 << 20:
-            out.write(b"".join(buf))
-            buf.clear()
-            size = 0
-    if buf:
-        out.write(b"".join(buf))
-    out.flush()
+            res.write(self.out)
+            self.first = False
+
+    def record(self, rec: Any) -> None:
+        if self.fmt in ("table", "tab"):
+            self.rows.append(rec)
+        elif self.fmt in ("json", "jsonpb"):
+            self.out.write(rec + b"\n")
+        elif self.fmt == "dict":
+            self.out.write(rec if self.first else b"------------\n" + rec)
+        else:
+            self.out.write(rec)
+        self.first = False
+
+    def close(self) -> None:
+        if self.fmt in ("table", "tab") and self.rows:
+            self.out.write("".join(tabulate([table_header(self.popts), *self.rows])).encode())
+        self.out.flush()
 
 
 def _silence_stdout() -> None:

@@ -4,11 +4,18 @@ This is the slow, exact path of the decoder, taken only by lines the columnar fa
 read as they are: lowerCamelCase names, enums given as numbers, 64-bit integers given as numbers,
 legacy bare flows (``HUBBLE_COMPAT=legacy-json-output``), explicit default values. The result is
 the dict ``hubble observe -o json`` would print for the line.
+
+hubble reads a line with ``protojson.Unmarshal`` and, when that fails, once more with
+``DiscardUnknown`` (hubble/cmd/observe/io_reader_observer.go); what both reject is a bad line.
+The second pass drops unknown fields and unknown enum names, so this module drops them too.
 """
 
 from __future__ import annotations
 
+import calendar
+import datetime as _dt
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from flowtrail.model import enums
@@ -28,7 +35,16 @@ from flowtrail.model.schema import (
 _LEGACY_FLOW_KEYS = frozenset(
     {"verdict", "IP", "l4", "source", "destination", "Type", "event_type", "eventType", "uuid", "l7"}
 )
-_INT_RE = re.compile(r"-?\d+\Z")
+# protojson reads an integer from a JSON number or a string holding one, in any notation whose
+# value is whole (1e3, 10.0); the range of the field's type is checked.
+_NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?\Z")
+_INT_RANGE = {"u32": (0, 2**32 - 1), "i32": (-(2**31), 2**31 - 1), "u64": (0, 2**64 - 1), "i64": (-(2**63), 2**63 - 1)}
+# time.Parse(time.RFC3339Nano) as protojson calls it for google.protobuf.Timestamp
+_TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:([.,])(\d+))?(Z|[+-]\d{2}:\d{2})\Z")
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01 .. 9999-12-31T23:59:59
+# GetFlowsResponse.response_types; agent and debug events exist only in the exporter's
+# ExportEvent, so hubble's reader discards them as unknown fields.
+_ONEOF = ("flow", "lost_events", "node_status")
 
 
 class NormalizeError(ValueError):
@@ -69,10 +85,20 @@ def normalize_event(obj: Any) -> tuple[str, dict[str, Any]]:
         norm = _value(value, ENVELOPE[name], name)
         if norm is not _OMIT:
             out[name] = norm
-    present = [k for k in ("flow", "lost_events", *OTHER_EVENT_KEYS) if k in out]
-    if len(present) != 1:
-        raise NormalizeError("more than one event in a line" if present else "empty event")
-    return present[0], out
+    present = [k for k in _ONEOF if k in out]
+    if len(present) > 1:
+        raise NormalizeError(f"more than one event in a line: {', '.join(present)}")
+    if present:
+        kind = present[0]
+    else:
+        others = [k for k in OTHER_EVENT_KEYS if k in out]
+        if not others:
+            raise NormalizeError("empty event")
+        kind = others[0]
+    for k in OTHER_EVENT_KEYS:
+        if k != kind:
+            out.pop(k, None)
+    return kind, out
 
 
 _OMIT = object()
@@ -114,6 +140,8 @@ def _value(value: Any, spec: Spec, path: str) -> Any:
     if isinstance(spec, Repeated):
         if not isinstance(value, list):
             raise NormalizeError(f"{path}: expected a list")
+        if any(v is None for v in value):
+            raise NormalizeError(f"{path}: null in a list")
         items = [_value(v, spec.item, path) for v in value]
         items = [v for v in items if v is not _OMIT]
         return items if items else _OMIT
@@ -124,10 +152,12 @@ def _scalar(value: Any, spec: Scalar, path: str) -> Any:
     kind = spec.kind
     if kind == "any":
         return value
-    if kind == "str" or kind == "ts":
+    if kind == "str":
         if not isinstance(value, str):
             raise NormalizeError(f"{path}: expected a string")
         return value if value else _OMIT
+    if kind == "ts":
+        return _timestamp(value, path)
     if kind == "bool":
         if not isinstance(value, bool):
             raise NormalizeError(f"{path}: expected a boolean")
@@ -135,22 +165,62 @@ def _scalar(value: Any, spec: Scalar, path: str) -> Any:
         return value if value or path.endswith("is_reply") else _OMIT
     if spec is ENUM or kind == "enum":
         return _enum(value, path)
-    # integers: protojson accepts numbers and decimal strings for every integer width
-    if isinstance(value, bool):
-        raise NormalizeError(f"{path}: expected an integer")
-    if isinstance(value, str):
-        if not _INT_RE.match(value):
-            raise NormalizeError(f"{path}: expected an integer, got {value!r}")
-        num = int(value)
-    elif isinstance(value, int):
-        num = value
-    else:
-        raise NormalizeError(f"{path}: expected an integer")
-    if kind in ("u32", "u64") and num < 0:
-        raise NormalizeError(f"{path}: negative value for an unsigned field")
+    num = _integer(value, path)
+    low, high = _INT_RANGE[kind]
+    if not low <= num <= high:
+        raise NormalizeError(f"{path}: {num} out of range for {kind}")
     if num == 0 and not path.endswith("lost_events.cpu"):
         return _OMIT
     return str(num) if kind in ("u64", "i64") else num
+
+
+def _integer(value: Any, path: str) -> int:
+    if isinstance(value, bool):
+        raise NormalizeError(f"{path}: expected an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise NormalizeError(f"{path}: expected an integer, got {value!r}")
+    if isinstance(value, str) and _NUMBER_RE.match(value):
+        try:
+            dec = Decimal(value)
+            if dec == dec.to_integral_value():
+                return int(dec)
+        except (InvalidOperation, OverflowError, ValueError):
+            pass
+    raise NormalizeError(f"{path}: expected an integer, got {value!r}")
+
+
+def _timestamp(value: Any, path: str) -> str:
+    """The canonical form protojson writes: UTC, 0, 3, 6 or 9 fractional digits."""
+    m = _TIMESTAMP_RE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise NormalizeError(f"{path}: invalid timestamp {value!r}")
+    year, month, day, hour, minute, second, sep, frac, zone = m.groups()
+    if frac and sep == "." and len(frac) > 9:
+        raise NormalizeError(f"{path}: invalid timestamp {value!r}")
+    try:
+        _dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+    except ValueError:
+        raise NormalizeError(f"{path}: invalid timestamp {value!r}") from None
+    secs = calendar.timegm((int(year), int(month), int(day), int(hour), int(minute), int(second), 0, 0, 0))
+    if zone != "Z":
+        zh, zm = int(zone[1:3]), int(zone[4:6])
+        if zh > 23 or zm > 59:
+            raise NormalizeError(f"{path}: invalid timestamp {value!r}")
+        secs -= (1 if zone[0] == "+" else -1) * (zh * 3600 + zm * 60)
+    if not _MIN_SECONDS <= secs <= _MAX_SECONDS:
+        raise NormalizeError(f"{path}: timestamp {value!r} out of range")
+    nanos = int(frac[:9].ljust(9, "0")) if frac else 0
+    t = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=secs)
+    digits = f"{nanos:09d}"
+    if nanos % 1_000_000 == 0:
+        digits = digits[:3]
+    elif nanos % 1_000 == 0:
+        digits = digits[:6]
+    return f"{t.year:04d}-{t:%m-%dT%H:%M:%S}" + (f".{digits}" if nanos else "") + "Z"
 
 
 def _enum(value: Any, path: str) -> Any:
@@ -161,8 +231,10 @@ def _enum(value: Any, path: str) -> Any:
     if isinstance(value, str):
         if value in table:
             return value if table[value] != 0 else _OMIT
-        raise NormalizeError(f"{path}: unknown enum value {value!r}")
-    if isinstance(value, bool) or not isinstance(value, int):
+        return _OMIT  # an unknown name: hubble's DiscardUnknown pass leaves the field unset
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
         raise NormalizeError(f"{path}: expected an enum name or number")
     if value == 0:
         return _OMIT

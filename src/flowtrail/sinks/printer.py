@@ -6,6 +6,7 @@ Matches hubble/pkg/printer of Cilium v1.19.4 byte for byte for compact, dict and
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -180,7 +181,54 @@ def summary(flow: dict[str, Any]) -> str:
 
 
 def _time(value: str | None, opts: PrintOptions) -> str:
+    try:
+        return _time_text(value, opts)
+    except (ValueError, OverflowError, OSError):
+        # years 1 and 9999 can leave datetime's range in the local zone; never fail a line on it
+        return format_ns(None, opts.time_format)
+
+
+def _time_text(value: str | None, opts: PrintOptions) -> str:
+    # Flows come many to the second: the calendar work is done once per second and layout, and
+    # only the fraction is formatted per flow (for the protojson spelling, UTC with 'Z').
+    if value and len(value) >= 20 and value[-1] == "Z" and value[19] in ".Z" and value[10] == "T":
+        frac = value[20:-1]
+        secs = _utc_seconds(value[:19])
+        if secs is not None and ((frac.isdigit() and len(frac) <= 9) or not frac):
+            head, width, tail = _second_parts(secs, opts.time_format)
+            if not width:
+                return head + tail
+            nanos = int(frac.ljust(9, "0")) if frac else 0
+            if width == 9:
+                digits = f"{nanos:09d}".rstrip("0")
+                return f"{head}.{digits}{tail}" if digits else head + tail
+            return f"{head}.{nanos // 10 ** (9 - width):0{width}d}{tail}"
     return format_ns(parse_rfc3339_ns(value), opts.time_format)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _utc_seconds(text: str) -> int | None:
+    ns = parse_rfc3339_ns(text + "Z")
+    return None if ns is None else ns // 10**9
+
+
+# digits of the fraction each layout prints (RFC3339Nano: up to 9, trailing zeros trimmed)
+_FRACTION_DIGITS = {"StampMilli": 3, "RFC3339Milli": 3, "RFC3339Micro": 6, "RFC3339Nano": 9}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _second_parts(secs: int, layout: str) -> tuple[str, int, str]:
+    """A whole second in ``layout`` and the local zone, split around its fraction: (text before
+    it, digits of fraction, text after it)."""
+    width = _FRACTION_DIGITS.get(layout, 0)
+    whole = format_ns(secs * 10**9, layout)
+    if not width:
+        return whole, 0, ""
+    if layout == "RFC3339Nano":  # a zero fraction is not printed at all: split before the zone
+        zone = 1 if whole.endswith("Z") else 6
+        return whole[:-zone], 9, whole[-zone:]
+    cut = whole.rindex(".")
+    return whole[:cut], width, whole[cut + 1 + width :]
 
 
 def _identities(flow: dict[str, Any], opts: PrintOptions) -> tuple[str, str]:

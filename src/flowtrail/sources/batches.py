@@ -107,27 +107,16 @@ def line_array(data: bytes) -> tuple[pa.Array, np.ndarray]:
 
 
 def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
-    if job.regex is None:
-        dec = job.decoder.decode_block(data, source, first_line)
-        lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-        return Batch(dec.table, source, first_line, lines, dec.errors, dec.stats)
-    arr, starts = line_array(data)
-    want = _matching_lines(job, data, starts, arr)
-    ends = np.append(starts[1:], len(data))
-    # Lines the prefilter skips are still checked for the shape of one JSON object, so a
-    # truncated or garbled line is reported (and fatal with --strict) whatever the rules read;
-    # those lines go to the decoder, which names the error.
-    buf = np.frombuffer(data, dtype=np.uint8)
-    last = ends - 1 - (buf[np.maximum(ends - 1, 0)] == 10)
-    last = last - ((buf[np.maximum(last, 0)] == 13) & (last > starts))
-    nonblank = last >= starts
-    first_ok = buf[np.minimum(starts, len(buf) - 1)] == ord("{")
-    last_ok = buf[np.maximum(last, 0)] == ord("}")
-    hit = np.flatnonzero(want | (nonblank & ~(first_ok & last_ok)))
-    picked = [data[s:e].rstrip(b"\n") for s, e in zip(starts[hit].tolist(), ends[hit].tolist(), strict=True)]
-    dec = job.decoder._decode(picked, (hit + first_line).tolist(), source)
-    dec.stats.lines = len(starts)
-    return Batch(dec.table, source, first_line, len(starts), dec.errors, dec.stats)
+    want = None
+    if job.regex is not None and data:
+        arr, starts = line_array(data)
+        want = _matching_lines(job, data, starts, arr)
+    # Lines the prefilter skips are still checked for the shape of one JSON object by the
+    # decoder, so a truncated or garbled line is reported (and fatal with --strict) whatever
+    # the rules read.
+    dec = job.decoder.decode_block(data, source, first_line, wanted=want)
+    assert dec.table is not None
+    return Batch(dec.table, source, first_line, dec.stats.lines, dec.errors, dec.stats)
 
 
 def _work(args: tuple[str, int, int]) -> Batch:

@@ -1,17 +1,31 @@
 """Columnar decoding of Hubble JSON lines (`hubble observe -o json`, exporter `events.log`).
 
-Fast path: the lines a filter could match are parsed by Arrow's C++ JSON reader straight into a
-projected Arrow table holding only the fields that are read. Lines the fast path cannot take
-as they are (lowerCamelCase names, enums or 64-bit integers as numbers, legacy bare flows,
-agent/debug events) go through :mod:`flowtrail.model.normalize`, one at a time, and rejoin the
-batch in input order. Bad lines are reported with their file and line number and skipped.
+A block of lines is first indexed with numpy: where lines start and end, which hold control
+bytes or non-ASCII, which look like a flow object (``{"flow":{`` … ``}``). Lines the filters
+may match (all of them without a prefilter) and every line that does not look like a flow object
+are then classified:
+
+* a flow line in Hubble's own spelling (no sign of anything else, see :mod:`.canonical`) is
+  parsed by Arrow's C++ JSON reader into a projected table (with no columns when none is
+  needed: the reader still checks the JSON); its JSON output is the input line itself;
+* any other line (lowerCamelCase names, enums or 64-bit integers as numbers, lost events,
+  agent/debug events, legacy bare flows, bad lines) takes the exact path, one at a time:
+  orjson and :mod:`flowtrail.model.normalize` canonicalise it, or reject it as protojson would.
+
+Rows from both paths are returned in input order; bad lines are reported with their file and
+line number and skipped. Lines the prefilter skips are still checked for the shape of a JSON
+object, so a damaged line is reported whatever the filter.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -20,17 +34,13 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from flowtrail.model.normalize import NormalizeError, normalize_event
-from flowtrail.model.schema import camel, envelope_arrow_schema, path_camel_names
+from flowtrail.model.schema import envelope_arrow_schema
+from flowtrail.sources.canonical import LARGE_ENUMS, SUSPECT, SUSPECT_RARE
 
 DEFAULT_MAX_LINE = 1 << 20  # bytes; hubble's own reader gives up at 64 KiB, real flows are ~1-2 KiB
+FLOW_PREFIX = b'{"flow":{'
 _ROW_RE = re.compile(r"in row (\d+)")
-# lowerCamel keys that any camel-spelled Hubble line carries; seeing one routes its line to the
-# exact path even when the filter does not read that field, so passthrough output stays canonical.
-_CAMEL_MARKERS = tuple(
-    f'"{camel(k)}"'.encode()
-    for k in ("node_name", "pod_name", "source_port", "destination_port", "is_reply", "event_type",
-              "lost_events", "agent_event", "debug_event", "node_status", "traffic_direction")
-)
+_OPEN, _CLOSE = ord("{"), ord("}")
 
 
 @dataclass
@@ -58,261 +68,590 @@ class DecodeStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+class FileSpans:
+    """Byte ranges of a file by offset, read on demand: what a reader holds instead of the data
+    of a block decoded by a worker process."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        weakref.finalize(self, os.close, self.fd)  # when the last rows reading from it are gone
+
+    def read(self, start: int, end: int) -> bytes:
+        return os.pread(self.fd, end - start, start)
+
+    def copy_to(self, out: BinaryIO, start: int, end: int) -> None:
+        """Write bytes [start, end) to ``out``: by sendfile when it is a file descriptor, so the
+        bytes do not pass through this process."""
+        fd = _fileno(out)
+        if fd is not None:
+            out.flush()
+            try:
+                while start < end:
+                    sent = os.sendfile(fd, self.fd, start, end - start)
+                    if not sent:
+                        break
+                    start += sent
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+        if start < end:
+            out.write(self.read(start, end))
+
+
+class Rows:
+    """The JSON text of decoded rows: a byte span of the input for rows kept as they were read,
+    canonical bytes for the others. Spans are offsets into ``data`` (the block, or a
+    :class:`FileSpans` from offset ``base``); a worker process sends them without the data."""
+
+    def __init__(self, data: bytes | bytearray | FileSpans | None, starts: np.ndarray, ends: np.ndarray,
+                 replaced: dict[int, bytes], base: int = 0) -> None:
+        self.data = data
+        self.starts = starts  # int64, -1 where the row is in ``replaced``
+        self.ends = ends
+        self.replaced = replaced
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "data": None}
+
+    def __getitem__(self, i: int) -> bytes:
+        start = int(self.starts[i])
+        if start < 0:
+            return self.replaced[i]
+        return self._slice(self.base + start, self.base + int(self.ends[i]))
+
+    def _slice(self, start: int, end: int) -> bytes:
+        if isinstance(self.data, FileSpans):
+            return self.data.read(start, end)
+        if isinstance(self.data, bytearray):
+            return bytes(memoryview(self.data)[start:end])
+        assert self.data is not None
+        return self.data[start:end]
+
+    def inline(self) -> Rows:
+        """The same rows with their bytes held here (for a few rows sent between processes)."""
+        return Rows(None, np.full(len(self), -1, np.int64), np.full(len(self), -1, np.int64),
+                    {i: self[i] for i in range(len(self))})
+
+    def take(self, idx: np.ndarray) -> Rows:
+        """Rows ``idx`` (increasing), renumbered from 0."""
+        if len(idx) == len(self.starts):
+            return self
+        replaced = {}
+        if self.replaced and len(idx):
+            old = np.fromiter(self.replaced, np.int64, len(self.replaced))
+            new = np.minimum(np.searchsorted(idx, old), len(idx) - 1)
+            hit = idx[new] == old
+            replaced = {int(n): self.replaced[int(o)] for o, n in zip(old[hit], new[hit], strict=True)}
+        return Rows(self.data, self.starts[idx], self.ends[idx], replaced, self.base)
+
+    def tail(self, n: int) -> Rows:
+        return self.take(np.arange(max(len(self) - n, 0), len(self)))
+
+    def to_list(self) -> list[bytes]:
+        return [self[i] for i in range(len(self))]
+
+    def write_lines(self, out: BinaryIO) -> None:
+        """Write every row followed by a newline; runs of consecutive input lines are written as
+        one slice of the input."""
+        n = len(self.starts)
+        if not n:
+            return
+        starts, ends = self.starts, self.ends
+        verbatim = starts >= 0
+        # row i+1 continues row i's run when it is the very next input line
+        joined = verbatim[:-1] & verbatim[1:] & (starts[1:] == ends[:-1] + 1)
+        cuts = np.flatnonzero(~joined) + 1
+        data = self.data
+        view = memoryview(data) if isinstance(data, (bytes, bytearray)) else None
+        base = self.base
+        first = 0
+        for last in [*cuts.tolist(), n]:
+            if starts[first] < 0:
+                out.write(self.replaced[first] + b"\n")
+            else:
+                a, b = base + int(starts[first]), base + int(ends[last - 1])
+                if view is not None:
+                    if b < len(view) and view[b] == 10:
+                        out.write(view[a : b + 1])
+                    else:
+                        out.write(view[a:b])
+                        out.write(b"\n")
+                else:
+                    assert isinstance(data, FileSpans)
+                    if data.read(b, b + 1) == b"\n":
+                        data.copy_to(out, a, b + 1)
+                    else:
+                        data.copy_to(out, a, b)
+                        out.write(b"\n")
+            first = last
+
+
 @dataclass
 class Decoded:
     """Rows decoded from one block of lines, in input order.
 
     ``table`` has the envelope columns ``flow`` (struct, projected), ``lost_events``, ``node_name``
-    and ``time``; ``raw[i]`` is row i as canonical JSON bytes (the input line itself when it was
-    already canonical) and ``line_numbers[i]`` its 1-based line in ``source``.
+    and ``time`` (None when the caller asked for no columns); ``rows[i]`` is row i as canonical
+    JSON bytes (the input line itself when it was already canonical) and ``line_numbers[i]`` its
+    1-based line in ``source``.
     """
 
-    table: pa.Table
-    raw: list[bytes]
-    line_numbers: Sequence[int]
+    table: pa.Table | None
+    rows: Rows
+    line_numbers: np.ndarray
     errors: list[DecodeError] = field(default_factory=list)
     stats: DecodeStats = field(default_factory=DecodeStats)
+
+    @property
+    def raw(self) -> list[bytes]:
+        return self.rows.to_list()
+
+
+class _Index:
+    """Where the lines of a block are and what they look like, computed with numpy."""
+
+    def __init__(self, data: bytes | bytearray, max_line: int) -> None:
+        self.data = data
+        n = len(data)
+        buf = np.frombuffer(data, np.uint8)
+        self.buf = buf
+        # one pass finds newlines, other control bytes and non-ASCII bytes (negative as int8)
+        special = np.flatnonzero(buf.view(np.int8) < 32)
+        is_nl = buf[special] == 10
+        newlines = special[is_nl]
+        odd = special[~is_nl]
+        ends = newlines if (not n or data[-1] == 10) else np.append(newlines, n)
+        starts = np.empty(len(ends), np.int64)
+        if len(ends):
+            starts[0] = 0
+            starts[1:] = ends[:-1] + 1
+        ends = ends.astype(np.int64)
+        self.count = len(ends)
+        if odd.size:
+            # a CR ending a line (CRLF files) is not part of it; any other control byte is odd
+            cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
+            ends = ends - cr
+            odd = odd[~np.isin(odd, ends[cr])]
+        self.starts, self.ends = starts, ends
+        length = ends - starts
+        self.length = length
+        self.empty = length == 0
+        if n:
+            first = buf[np.minimum(starts, n - 1)]
+            last = buf[np.maximum(ends - 1, 0)]
+            plain = (length >= 2) & (first == _OPEN) & (last == _CLOSE) & (length <= max_line)
+        else:
+            plain = np.zeros(0, bool)
+        if odd.size:
+            plain[np.searchsorted(ends, odd)] = False
+        self.plain = plain
+        # lines that start like a canonical flow response
+        pre = len(FLOW_PREFIX)
+        flowpfx = plain & (length >= pre + 2)
+        cand = np.flatnonzero(flowpfx)
+        if cand.size:
+            head = buf[starts[cand][:, None] + np.arange(pre)]
+            ok = (head == np.frombuffer(FLOW_PREFIX, np.uint8)).all(axis=1)
+            flowpfx[cand[~ok]] = False
+        self.flow = flowpfx
+
+    def line(self, i: int) -> bytes | bytearray:
+        return self.data[int(self.starts[i]) : int(self.ends[i])]
+
+    def lines_of(self, positions: Iterable[int]) -> np.ndarray:
+        pos = np.fromiter(positions, np.int64)
+        return np.searchsorted(self.ends, pos) if pos.size else pos
+
+    def binary(self) -> pa.Array:
+        """Every line as an Arrow binary value, each with its line terminator (zero copy)."""
+        offsets = np.empty(self.count + 1, np.int64)
+        offsets[:-1] = self.starts
+        offsets[-1] = len(self.data)
+        return pa.Array.from_buffers(pa.large_binary(), self.count,
+                                     [None, pa.py_buffer(offsets), pa.py_buffer(self.data)])
 
 
 class Decoder:
     """Decodes blocks of JSON lines into projected Arrow tables; build once, reuse per block."""
 
-    def __init__(self, flow_paths: Iterable[str] | None = None, max_line: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(self, flow_paths: Iterable[str] | None = None, max_line: int = DEFAULT_MAX_LINE,
+                 checked: bool = True) -> None:
+        """``checked=False`` is for a caller that parses every row itself and reports those that
+        fail (see :func:`parse_rows`): without columns, lines in Hubble's spelling are then not
+        parsed here at all."""
+        self.checked = checked
         paths = None if flow_paths is None else sorted(set(flow_paths) | {"time", "node_name"})
         self.schema = envelope_arrow_schema(paths)
         self.max_line = max_line
-        markers = set(_CAMEL_MARKERS)
-        if paths is not None:
-            markers |= {f'"{n}"'.encode() for n in path_camel_names(paths)}
-        self._camel_markers = tuple(sorted(markers))
         self._parse_options = pajson.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore")
+        # without columns Arrow's reader still checks the JSON of every line, at half the cost
+        self._check_options = pajson.ParseOptions(explicit_schema=pa.schema([]), unexpected_field_behavior="ignore")
 
     # -- public -----------------------------------------------------------------------------------
 
     def decode_lines(self, lines: Sequence[bytes], source: str = "<lines>", first_line: int = 1) -> Decoded:
         """Decode ``lines`` (without newlines); line ``i`` has number ``first_line + i``."""
-        return self._decode(list(lines), [first_line + i for i in range(len(lines))], source)
+        data = b"\n".join(lines) + b"\n" if lines else b""
+        return self.decode_block(data, source, first_line)
 
     def decode_block(
         self,
-        data: bytes,
+        data: bytes | bytearray,
         source: str = "<block>",
         first_line: int = 1,
         needle_groups: Sequence[Sequence[Sequence[bytes]]] | None = None,
         markers: Sequence[bytes] = (),
+        columns: bool = True,
+        wanted: np.ndarray | None = None,
     ) -> Decoded:
         """Decode a block of whole lines.
 
         With ``needle_groups`` (from FilterSet.needle_groups) only lines that, for some filter,
         contain a needle of each of its groups are decoded, plus lines containing a ``marker``
-        (spellings under which a needle could hide). The caller guarantees no other line can pass.
+        (spellings under which a needle could hide) and lines that are not plain JSON objects
+        (so that bad lines are reported). The caller guarantees no other line can pass.
+        With ``columns`` false no table is built: rows are only classified and canonicalised
+        (and, unless the decoder was built with ``checked=False``, their JSON checked).
+        ``wanted`` (a boolean per line) is another prefilter: the lines the caller selected
+        itself; lines that are not plain JSON objects are decoded as well.
         """
-        if needle_groups is None:
-            lines = data.split(b"\n")
-            if lines and not lines[-1]:
-                lines.pop()
-            numbers: Sequence[int] = range(first_line, first_line + len(lines))
-            stats_lines = len(lines)
+        ix = _Index(data, self.max_line)
+        stats = DecodeStats(lines=ix.count, blank=int(ix.empty.sum()))
+        errors: list[DecodeError] = []
+        if wanted is not None:
+            wanted = wanted | ~ix.plain
+        elif needle_groups is not None:
+            wanted = _candidates(ix, needle_groups, markers)
         else:
-            lines, numbers = _candidate_lines(data, needle_groups, markers, first_line)
-            stats_lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-        decoded = self._decode(lines, numbers, source)
-        decoded.stats.lines = stats_lines
-        return decoded
+            wanted = np.ones(ix.count, bool)
+        wanted &= ~ix.empty
+        fast = np.flatnonzero(wanted & ix.flow)
+        slow = np.flatnonzero(wanted & ~ix.flow)
+        if fast.size:
+            suspect = self._suspect(ix, fast)
+            if suspect.any():
+                slow = np.union1d(slow, fast[suspect])
+                fast = fast[~suspect]
+        if columns or self.checked:
+            table, rejected = self._parse_fast(ix, fast, self._parse_options if columns else self._check_options)
+        else:
+            table, rejected = None, np.zeros(0, np.int64)
+        if rejected.size:
+            slow = np.union1d(slow, rejected)
+            fast = np.setdiff1d(fast, rejected, assume_unique=True)
+        if not columns:
+            table = None
+        # the exact path, one line at a time (only lines the fast path cannot take)
+        slow_rows: list[dict[str, Any]] = []
+        slow_kept: list[int] = []
+        replaced_bytes: list[bytes] = []
+        for i in slow.tolist():
+            line = ix.line(i)
+            if ix.length[i] > self.max_line:
+                errors.append(DecodeError(source, first_line + i, f"line longer than {self.max_line} bytes"))
+                continue
+            if not line.strip():
+                stats.blank += 1
+                continue
+            stats.slow_path += 1
+            try:
+                kind, env = normalize_event(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                errors.append(DecodeError(source, first_line + i, f"invalid JSON: {exc}"))
+                continue
+            except NormalizeError as exc:
+                errors.append(DecodeError(source, first_line + i, str(exc)))
+                continue
+            if kind not in ("flow", "lost_events"):
+                stats.other_events += 1
+                continue
+            slow_rows.append(env)
+            slow_kept.append(i)
+            replaced_bytes.append(orjson.dumps(env))
+            if kind == "lost_events":
+                stats.lost_events += 1
+        order = fast
+        starts, ends = ix.starts[fast], ix.ends[fast]
+        replaced: dict[int, bytes] = {}
+        if slow_kept:
+            kept = np.asarray(slow_kept, np.int64)
+            order = np.concatenate([fast, kept])
+            perm = np.argsort(order, kind="stable")
+            order = order[perm]
+            starts = np.concatenate([starts, np.full(len(kept), -1, np.int64)])[perm]
+            ends = np.concatenate([ends, np.full(len(kept), -1, np.int64)])[perm]
+            where = np.empty(len(perm), np.int64)
+            where[perm] = np.arange(len(perm))
+            replaced = {int(where[len(fast) + k]): b for k, b in enumerate(replaced_bytes)}
+            if table is not None:
+                slow_table = pa.Table.from_pylist([_fit(env, self.schema) for env in slow_rows], schema=self.schema)
+                table = pa.concat_tables([table, slow_table]) if table.num_rows else slow_table
+                if (perm != np.arange(len(perm))).any():
+                    table = table.take(pa.array(perm))
+        stats.errors = len(errors)
+        stats.flows = len(order) - stats.lost_events
+        rows = Rows(data, starts, ends, replaced)
+        return Decoded(table, rows, order + first_line, errors, stats)
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _decode(self, lines: list[bytes], numbers: Sequence[int], source: str) -> Decoded:
-        stats = DecodeStats(lines=len(lines))
-        errors: list[DecodeError] = []
-        if any(b"\r" in ln for ln in lines[:1]) or any(ln.endswith(b"\r") for ln in lines):
-            lines = [ln.rstrip(b"\r") for ln in lines]
-        fast: list[int] = []
-        slow: list[int] = []
-        markers = self._camel_markers
-        max_line = self.max_line
-        for i, ln in enumerate(lines):
-            if len(ln) > max_line:
-                errors.append(DecodeError(source, numbers[i], f"line longer than {max_line} bytes"))
-                continue
-            if not ln or ln.isspace():
-                stats.blank += 1
-                continue
-            fast.append(i)
-        joined = b"\n".join(lines[i] for i in fast)
-        if any(m in joined for m in markers):
-            keep = []
-            for i in fast:
-                if any(m in lines[i] for m in markers):
-                    slow.append(i)
-                else:
-                    keep.append(i)
-            fast = keep
-        table, fast, rejected = self._parse_fast(lines, fast)
-        slow.extend(rejected)
-        # Fast rows that are neither flows nor lost events (agent/debug events, legacy bare flows,
-        # objects of another shape) are classified by the exact path.
-        if table.num_rows:
-            flow_valid = table.column("flow").is_valid()
-            lost_valid = table.column("lost_events").is_valid()
-            neither = np.asarray(pc.invert(pc.or_(flow_valid, lost_valid)).to_numpy(zero_copy_only=False))
-            if neither.any():
-                fast_arr = np.asarray(fast)
-                slow.extend(fast_arr[neither].tolist())
-                ok_rows = np.flatnonzero(~neither)
-                fast = fast_arr[ok_rows].tolist()
-                table = table.take(pa.array(ok_rows))
-        raw = [lines[i] for i in fast]
-        order = list(fast)
-        if slow:
-            slow.sort()
-            stats.slow_path += len(slow)
-            rows: list[dict[str, object]] = []
-            slow_kept: list[int] = []
-            for i in slow:
-                try:
-                    kind, env = normalize_event(orjson.loads(lines[i]))
-                except orjson.JSONDecodeError as exc:
-                    errors.append(DecodeError(source, numbers[i], f"invalid JSON: {exc}"))
-                    continue
-                except NormalizeError as exc:
-                    errors.append(DecodeError(source, numbers[i], str(exc)))
-                    continue
-                if kind not in ("flow", "lost_events"):
-                    stats.other_events += 1
-                    continue
-                rows.append(env)
-                raw.append(orjson.dumps(env))
-                slow_kept.append(i)
-            if rows:
-                slow_table = pa.Table.from_pylist(rows, schema=self.schema)
-                table = pa.concat_tables([table, slow_table]) if table.num_rows else slow_table
-                order.extend(slow_kept)
-                perm = sorted(range(len(order)), key=order.__getitem__)
-                if perm != list(range(len(order))):
-                    table = table.take(pa.array(perm, pa.int64()))
-                    raw = [raw[k] for k in perm]
-                    order = [order[k] for k in perm]
-        stats.errors = len(errors)
-        lost = table.column("lost_events").is_valid() if table.num_rows else None
-        stats.lost_events = int(pc.sum(lost).as_py() or 0) if lost is not None else 0
-        stats.flows = table.num_rows - stats.lost_events
-        return Decoded(table, raw, _Reindexed(numbers, order), errors, stats)
+    def _suspect(self, ix: _Index, idx: np.ndarray) -> np.ndarray:
+        """Which of the flow-shaped lines ``idx`` need the exact path."""
+        arr = ix.binary()
+        if len(idx) == ix.count:
+            text, offsets = ix.data, ix.starts
+        else:
+            arr = arr.take(pa.array(idx))
+            text, offsets = _values(arr)
+        out = _matches(arr, SUSPECT)
+        for pattern, needle in SUSPECT_RARE:
+            if needle in text:
+                out |= _matches(arr, pattern)
+        for key, names in LARGE_ENUMS.items():
+            prefix = f'"{key}":"'.encode()
+            hits: list[int] = []
+            at = text.find(prefix)
+            while at != -1:
+                start = at + len(prefix)
+                end = text.find(b'"', start)
+                if text[start:end].decode("ascii", "replace") not in names:
+                    hits.append(at)
+                at = text.find(prefix, end)
+            if hits:
+                out[np.searchsorted(offsets, np.asarray(hits), side="right") - 1] = True
+        return out
 
-    def _parse_fast(self, lines: list[bytes], idx: list[int]) -> tuple[pa.Table, list[int], list[int]]:
-        """Parse lines[idx] with Arrow: the table of accepted rows, their indices, the rejected ones."""
+    def _parse_fast(self, ix: _Index, idx: np.ndarray, options: pajson.ParseOptions) -> tuple[pa.Table, np.ndarray]:
+        """Parse lines ``idx`` with Arrow: the table of accepted rows (in order) and the indices
+        of the lines it rejected."""
+        if not idx.size:
+            return options.explicit_schema.empty_table(), idx
+        arr = ix.binary()
+        if len(idx) != ix.count:
+            arr = arr.take(pa.array(idx))
         tables: list[pa.Table] = []
         rejected: list[int] = []
-        kept: list[int] = []
-        start = 0
-        while start < len(idx):
-            part = idx[start:]
-            buf = b"\n".join(lines[i] for i in part)
+        self._parse_range(arr, 0, len(arr), tables, rejected, options)
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0] if tables else options.explicit_schema.empty_table()
+        return table, idx[np.asarray(rejected, np.int64)] if rejected else np.zeros(0, np.int64)
+
+    def _parse_range(self, arr: pa.Array, lo: int, hi: int, tables: list[pa.Table], rejected: list[int],
+                     options: pajson.ParseOptions) -> None:
+        """Parse lines [lo, hi) of ``arr``, appending tables in order and rejected line indices.
+
+        Arrow reports the failing row, not the line; rows and lines agree only while every line
+        holds one value, so each guess is checked by the row count of what parsed before it and
+        a disagreement falls back to halving the range."""
+        while lo < hi:
             try:
-                tables.append(self._read(buf))
-                kept.extend(part)
-                break
+                table = self._read(arr, lo, hi, options)
             except pa.ArrowInvalid as exc:
                 m = _ROW_RE.search(str(exc))
-                if m is None:
-                    rejected.extend(part)
-                    break
-                bad = int(m.group(1))
-                if bad > 0:
-                    tables.append(self._read(b"\n".join(lines[i] for i in part[:bad])))
-                    kept.extend(part[:bad])
-                rejected.append(part[bad])
-                start += bad + 1
-        if not tables:
-            return self.schema.empty_table(), kept, rejected
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        return table, kept, rejected
+                bad = lo + int(m.group(1)) if m else -1
+                if lo <= bad < hi:
+                    if bad == lo:
+                        head = options.explicit_schema.empty_table()
+                    else:
+                        try:
+                            head = self._read(arr, lo, bad, options)
+                        except pa.ArrowInvalid:
+                            head = None
+                    if head is not None and head.num_rows == bad - lo:
+                        if head.num_rows:
+                            tables.append(head)
+                        rejected.append(bad)
+                        lo = bad + 1
+                        continue
+                self._bisect(arr, lo, hi, tables, rejected, options)
+                return
+            if table.num_rows == hi - lo:
+                tables.append(table)
+                return
+            self._bisect(arr, lo, hi, tables, rejected, options)
+            return
 
-    def _read(self, buf: bytes) -> pa.Table:
-        if not buf:
-            return self.schema.empty_table()
-        opts = pajson.ReadOptions(use_threads=False, block_size=len(buf) + 1)
-        return pajson.read_json(pa.BufferReader(buf), read_options=opts, parse_options=self._parse_options)
+    def _bisect(self, arr: pa.Array, lo: int, hi: int, tables: list[pa.Table], rejected: list[int],
+                options: pajson.ParseOptions) -> None:
+        if hi - lo == 1:
+            try:
+                table = self._read(arr, lo, hi, options)
+            except pa.ArrowInvalid:
+                table = None
+            if table is not None and table.num_rows == 1:
+                tables.append(table)
+            else:
+                rejected.append(lo)
+            return
+        mid = (lo + hi) // 2
+        self._parse_range(arr, lo, mid, tables, rejected, options)
+        self._parse_range(arr, mid, hi, tables, rejected, options)
+
+    def _read(self, arr: pa.Array, lo: int, hi: int, options: pajson.ParseOptions) -> pa.Table:
+        offs = np.frombuffer(arr.buffers()[1], np.int64, count=len(arr) + 1, offset=arr.offset * 8)
+        a, b = int(offs[lo]), int(offs[hi])
+        buf = arr.buffers()[2].slice(a, b - a)
+        opts = pajson.ReadOptions(use_threads=False, block_size=max(b - a, 1) + 1)
+        return pajson.read_json(pa.BufferReader(buf), read_options=opts, parse_options=options)
 
 
-def _line_starts(data: bytes, needle: bytes, out: set[int]) -> None:
+def parse_rows(dec: Decoded, idx: Sequence[int], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """orjson's parse of rows ``idx`` of a block decoded unchecked, one at a time: (row, object)
+    for those that parse; the others become errors of ``dec`` (and leave its flow count)."""
+    rows = dec.rows
+    failed = False
+    for i in idx:
+        try:
+            env = orjson.loads(rows[i])
+        except orjson.JSONDecodeError as exc:
+            dec.errors.append(DecodeError(source, int(dec.line_numbers[i]), f"invalid JSON: {exc}"))
+            dec.stats.errors += 1
+            dec.stats.flows -= 1
+            failed = True
+            continue
+        yield i, env
+    if failed:
+        dec.errors.sort(key=lambda e: e.line)
+
+
+def _fileno(out: BinaryIO) -> int | None:
+    try:
+        return out.fileno() if hasattr(os, "sendfile") else None
+    except (OSError, ValueError, AttributeError):  # io.BytesIO and other in-memory streams
+        return None
+
+
+def _values(arr: pa.Array) -> tuple[bytes, np.ndarray]:
+    """A copy of a large_binary array's values and where each starts in it."""
+    offsets = np.frombuffer(arr.buffers()[1], np.int64, count=len(arr) + 1, offset=arr.offset * 8)
+    start, end = int(offsets[0]), int(offsets[-1])
+    return bytes(memoryview(arr.buffers()[2])[start:end]), offsets[:-1] - start
+
+
+def _matches(arr: pa.Array, pattern: str) -> np.ndarray:
+    hit = pc.match_substring_regex(arr, pattern)
+    return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _fit(value: Any, typ: pa.DataType | pa.Schema) -> Any:
+    """``value`` (a canonical envelope or part of one) shaped for ``typ``: enum numbers without a
+    name, which protojson keeps as numbers, go into the string columns as their digits."""
+    if isinstance(typ, pa.Schema):
+        return {f.name: _fit(value[f.name], f.type) for f in typ if f.name in value}
+    if isinstance(value, dict) and pa.types.is_struct(typ):
+        return {f.name: _fit(value[f.name], f.type) for f in typ if f.name in value}
+    if isinstance(value, list) and pa.types.is_list(typ):
+        return [_fit(v, typ.value_type) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and pa.types.is_string(typ):
+        return str(value)
+    return value
+
+
+def _candidates(ix: _Index, needle_groups: Sequence[Sequence[Sequence[bytes]]], markers: Sequence[bytes]) -> np.ndarray:
+    """Lines that may pass the prefilter, and lines that must be looked at anyway."""
+    chosen = ~ix.plain  # not a plain object: bad, blank, spaced out or with control bytes
+    # control-byte markers (tabs, CRs) are in the lines that are not plain already
+    markers = [m for m in markers if not (len(m) == 1 and m[0] < 32)]
+    if any(not needle for groups in needle_groups for group in groups for needle in group):
+        return np.ones(ix.count, bool)  # an empty needle is in every line
+    key = (tuple(tuple(tuple(g) for g in groups) for groups in needle_groups), tuple(markers))
+    scan_group = _RAREST_GROUP.get(key)
+    if scan_group is None:
+        # First block: every group is searched, and each filter's rarest group in it (fewest
+        # lines) is the one searched in later blocks, its other groups checked on those lines.
+        # The filters order groups by a guess; a namespace most flows are in would be a bad one.
+        scan_group = [list(range(len(groups))) for groups in needle_groups]
+    sets = [tuple(needle_groups[k][g]) for k, gs in enumerate(scan_group) for g in gs] + [tuple(markers)]
+    found = _lines_holding(ix, sets)
+    chosen[found[-1]] = True
+    first = 0
+    rarest = []
+    for k, groups in enumerate(needle_groups):
+        scanned = scan_group[k]
+        per_group = found[first : first + len(scanned)]
+        first += len(scanned)
+        lines = per_group[0]
+        for other in per_group[1:]:
+            lines = np.intersect1d(lines, other, assume_unique=True)
+        for g, group in enumerate(groups):
+            if g in scanned or not lines.size:
+                continue
+            keep = [i for i in lines.tolist() if any(n in ix.line(i) for n in group)]
+            lines = np.asarray(keep, np.int64)
+        chosen[lines] = True
+        rarest.append([scanned[int(np.argmin([len(x) for x in per_group]))]])
+    if len(scan_group[0]) > 1 or any(len(gs) > 1 for gs in scan_group):
+        _RAREST_GROUP[key] = rarest
+    return chosen
+
+
+_RAREST_GROUP: dict[Any, list[list[int]]] = {}
+
+
+def _lines_holding(ix: _Index, sets: Sequence[tuple[bytes, ...]]) -> list[np.ndarray]:
+    """For each set of byte strings, the lines holding one of them. One Hyperscan pass finds all
+    where Hyperscan is installed."""
+    db = _hyperscan(tuple(sets))
+    if db is not None and ix.data:
+        ends: list[int] = []
+        ids: list[int] = []
+
+        def on_match(pattern: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
+            ends.append(end)
+            ids.append(pattern)
+
+        db.scan(ix.data, match_event_handler=on_match)
+        line = np.searchsorted(ix.starts, np.asarray(ends, np.int64) - 1, side="right") - 1
+        pairs = np.unique(line * len(sets) + np.asarray(ids, np.int64))
+        line, which = pairs // len(sets), pairs % len(sets)
+        return [line[which == k] for k in range(len(sets))]
+    out = []
+    for needles in sets:
+        hits: list[int] = []
+        for needle in needles:
+            _occurrences(ix.data, needle, hits)
+        out.append(np.unique(ix.lines_of(hits)))
+    return out
+
+
+_HS_DATABASES: dict[tuple[tuple[bytes, ...], ...], Any] = {}
+
+
+def _hyperscan(sets: tuple[tuple[bytes, ...], ...]) -> Any:
+    """A Hyperscan database matching the byte strings of ``sets``, each reported with the index
+    of its set; None without Hyperscan. Built once per needle set and process."""
+    if sets in _HS_DATABASES:
+        return _HS_DATABASES[sets]
+    db = None
+    try:
+        import hyperscan
+    except ImportError:
+        pass
+    else:
+        patterns = [(i, b"".join(b"\\x%02x" % c for c in needle)) for i, needles in enumerate(sets)
+                    for needle in needles if needle]
+        if patterns:
+            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            try:
+                db.compile(expressions=[p for _, p in patterns], ids=[i for i, _ in patterns],
+                           elements=len(patterns), flags=[0] * len(patterns))
+            except hyperscan.error:
+                db = None  # the plain search below does the same, more slowly
+    _HS_DATABASES[sets] = db
+    return db
+
+
+def _occurrences(data: bytes | bytearray, needle: bytes, out: list[int]) -> None:
+    """Append the position of the first occurrence of ``needle`` on each line that has one."""
     find = data.find
-    rfind = data.rfind
     pos = find(needle)
     while pos != -1:
-        start = rfind(b"\n", 0, pos) + 1
-        out.add(start)
+        out.append(pos)
         end = find(b"\n", pos)
         if end == -1:
             break
         pos = find(needle, end)
-
-
-def _candidate_lines(
-    data: bytes,
-    needle_groups: Sequence[Sequence[Sequence[bytes]]],
-    markers: Sequence[bytes],
-    first_line: int,
-) -> tuple[list[bytes], _LineNumbers]:
-    """Lines of ``data`` that may pass the prefilter, with their line numbers."""
-    find = data.find
-    chosen: set[int] = set()
-    for groups in needle_groups:
-        starts: set[int] = set()
-        for needle in groups[0]:
-            _line_starts(data, needle, starts)
-        for group in groups[1:]:
-            if not starts:
-                break
-            kept = set()
-            for s in starts:
-                e = find(b"\n", s)
-                line = data[s : len(data) if e == -1 else e]
-                if any(n in line for n in group):
-                    kept.add(s)
-            starts = kept
-        chosen |= starts
-    for marker in markers:
-        if marker.startswith(b"\\") and len(marker) == 2:
-            continue
-        _line_starts(data, marker, chosen)
-    escapes = {m[1:2] for m in markers if m.startswith(b"\\") and len(m) == 2}
-    if escapes:
-        # one memchr pass for backslashes; most are \" in DNS summaries and need no decode
-        pos = find(b"\\")
-        while pos != -1:
-            nxt = data[pos + 1 : pos + 2]
-            if nxt in escapes:
-                chosen.add(data.rfind(b"\n", 0, pos) + 1)
-            pos = find(b"\\", pos + 2 if nxt == b"\\" else pos + 1)
-    ordered = sorted(chosen)
-    lines = []
-    for s in ordered:
-        e = find(b"\n", s)
-        lines.append(data[s : len(data) if e == -1 else e])
-    return lines, _LineNumbers(data, ordered, first_line)
-
-
-class _LineNumbers(Sequence[int]):
-    """Line numbers of candidate lines, counted only when asked (for error reports): counting
-    newlines up to every candidate would cost a pass over the block."""
-
-    def __init__(self, data: bytes, starts: list[int], first_line: int) -> None:
-        self._data, self._starts, self._first = data, starts, first_line
-
-    def __len__(self) -> int:
-        return len(self._starts)
-
-    def __getitem__(self, i: int) -> int:  # type: ignore[override]
-        return self._first + self._data.count(b"\n", 0, self._starts[i])
-
-
-class _Reindexed(Sequence[int]):
-    def __init__(self, base: Sequence[int], order: list[int]) -> None:
-        self._base, self._order = base, order
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def __getitem__(self, i: int) -> int:  # type: ignore[override]
-        return self._base[self._order[i]]

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-BLOCK_SIZE = 8 << 20
+import numpy as np
+
+BLOCK_SIZE = 16 << 20  # large enough to amortise per-block costs (a regex compile), small for memory
 _ROTATED = re.compile(r"^(?P<base>.+?)(?:-(?P<stamp>\d{4}-\d{2}-\d{2}T[\d.-]+))?\.(?P<ext>log|jsonl?|json)(?:\.gz)?$")
 
 
@@ -87,7 +89,8 @@ def iter_blocks(fh: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[tuple[by
             continue
         block, rest = data[: cut + 1], data[cut + 1 :]
         yield block, line
-        line += block.count(b"\n")
+        # numpy counts bytes several times faster than bytes.count
+        line += int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))
     if rest:
         yield rest, line
 
@@ -116,6 +119,30 @@ def split_ranges(path: str, block_size: int = BLOCK_SIZE) -> list[tuple[int, int
             ranges.append((start, end))
             start = end
     return ranges
+
+
+def read_range_into(path: str, start: int, end: int, buf: bytearray) -> bytearray:
+    """Bytes [start, end) of a file, read into ``buf`` (resized in place): a worker reading block
+    after block reuses one buffer instead of faulting in fresh memory for each."""
+    n = end - start
+    if len(buf) > n:
+        del buf[n:]
+    elif len(buf) < n:
+        buf.extend(bytes(n - len(buf)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        view = memoryview(buf)
+        done = 0
+        while done < n:
+            got = os.preadv(fd, [view[done:]], start + done)
+            if not got:
+                del buf[done:]  # the file shrank
+                break
+            done += got
+        view.release()
+    finally:
+        os.close(fd)
+    return buf
 
 
 def read_range(path: str, start: int, end: int) -> bytes:
