@@ -144,8 +144,8 @@ def parse_args(argv: list[str]) -> tuple[Options, FlagFilters]:
             i += 1
         if name in FILTER_FLAGS or name == "not":
             if name in BOOL_FILTER_FLAGS or name == "not":
-                if not _bool_value(name, value):
-                    continue
+                # hubble's filter flag type ignores the value pflag hands it (`--not=false`
+                # still negates, `--ipv4=anything` still filters): flows_filter.go Set
                 value = "true"
             assert value is not None
             flags.set(name, value, display)
