@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         md = Path(args.write_md)
         text = md.read_text() if md.exists() else "# Benchmarks\n"
         marker = "## flowtrail detect"
-        text = text.split(marker)[0].rstrip() + "\n\n"
+        head, _, rest = text.partition(marker)
+        # keep the sections other benchmarks wrote after this one
+        after = ("\n## " + rest.split("\n## ", 1)[1]) if "\n## " in rest else ""
+        text = head.rstrip() + "\n\n"
         size = data.stat().st_size / 1e6
         text += (f"{marker}\n\n`python bench/bench_detect.py --flows {args.flows} --repeat {args.repeat}` on "
                  f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.flows:,} flows "
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, med, fps, rss, _ in results:
             ratio = f"{jq_row[1] / med:.1f}x" if jq_row and name != jq_row[0] else "-"
             text += f"| {name} | {med:.2f} | {fps:,.0f} | {rss:,.0f} | {ratio} |\n"
-        md.write_text(text)
+        md.write_text(text + after)
     return 0
 
 
