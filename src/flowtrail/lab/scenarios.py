@@ -176,13 +176,23 @@ def ip_sweep(ctx: Context, p: dict[str, str]) -> Run:
           "a forwarded connection to the database from a workload that should not reach it",
           actor="frontend/web", target="database/postgres", port="5432", connections="4", at="0.5", span="2m")
 def policy_gap(ctx: Context, p: dict[str, str]) -> Run:
+    return _connections(ctx, p, http=False, requests=(1, 3), lookup_share=0.0)
+
+
+def _connections(ctx: Context, p: dict[str, str], *, http: bool | None, requests: tuple[int, int],
+                 lookup_share: float) -> Run:
+    """`connections` forwarded connections from the actor to the target's pods over the span;
+    `http` None = HTTP when the server speaks it; each preceded by a DNS lookup with
+    probability `lookup_share`."""
     actor = actor_pod(ctx, p["actor"])
     servers = targets_in(ctx, p["target"])
     run = Run(actor.key)
     for t in spread(ctx, at_ns(ctx, p["at"]), dur_ns(p["span"]), integer(p, "connections")):
         server = ctx.traffic.pick(servers)
-        run.sessions.append((t, ctx.traffic.connect(actor, Peer(server.ip, server), integer(p, "port"), http=False,
-                                                    requests=(1, 3), verdict="FORWARDED")))
+        run.sessions.append((t, ctx.traffic.connect(
+            actor, Peer(server.ip, server), integer(p, "port"),
+            http=bool(server.wl.http) if http is None else http, requests=requests, verdict="FORWARDED",
+            lookup=server.wl.key if lookup_share > 0 else "", lookup_share=lookup_share)))
     return run
 
 
@@ -254,15 +264,7 @@ def kube_api(ctx: Context, p: dict[str, str]) -> Run:
           "a dev workload reaches a production service",
           actor="dev/sandbox", target="production/orders", port="8080", connections="6", at="0.75", span="3m")
 def namespace_breach(ctx: Context, p: dict[str, str]) -> Run:
-    actor = actor_pod(ctx, p["actor"])
-    servers = targets_in(ctx, p["target"])
-    run = Run(actor.key)
-    for t in spread(ctx, at_ns(ctx, p["at"]), dur_ns(p["span"]), integer(p, "connections")):
-        server = ctx.traffic.pick(servers)
-        run.sessions.append((t, ctx.traffic.connect(
-            actor, Peer(server.ip, server), integer(p, "port"), http=bool(server.wl.http), requests=(1, 3),
-            verdict="FORWARDED", lookup=server.wl.key, lookup_share=1.0)))
-    return run
+    return _connections(ctx, p, http=None, requests=(1, 3), lookup_share=1.0)
 
 
 @scenario("drop-spike", "drop-spike", (), "a bad policy rollout: every connection into a namespace is dropped",
@@ -308,15 +310,7 @@ def threat_intel(ctx: Context, p: dict[str, str]) -> Run:
 @scenario("new-edge", "anomaly", ("T1210",), "a workload pair that never talked before starts talking",
           actor="app/cart", target="production/search", port="9200", connections="5", at="0.85", span="2m")
 def new_edge(ctx: Context, p: dict[str, str]) -> Run:
-    actor = actor_pod(ctx, p["actor"])
-    servers = targets_in(ctx, p["target"])
-    run = Run(actor.key)
-    for t in spread(ctx, at_ns(ctx, p["at"]), dur_ns(p["span"]), integer(p, "connections")):
-        server = ctx.traffic.pick(servers)
-        run.sessions.append((t, ctx.traffic.connect(
-            actor, Peer(server.ip, server), integer(p, "port"), http=bool(server.wl.http), requests=(1, 2),
-            verdict="FORWARDED", lookup=server.wl.key, lookup_share=0.5)))
-    return run
+    return _connections(ctx, p, http=None, requests=(1, 2), lookup_share=0.5)
 
 
 def describe() -> list[dict[str, Any]]:
