@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 import orjson
-import pyarrow as pa
 import yaml
 
 from flowtrail.detect.alerts import Alert
@@ -20,7 +19,7 @@ from flowtrail.detect.rules import SEVERITIES, Rule, RuleError, apply_config, lo
 from flowtrail.enrich.intel import Intel, IntelError
 from flowtrail.enrich.ipclass import IPClasses
 from flowtrail.model.timeutil import parse_go_duration_ns
-from flowtrail.sources.batches import batches
+from flowtrail.sources.batches import batches, gathered
 from flowtrail.sources.decode import Decoder
 from flowtrail.sources.files import expand_inputs
 from flowtrail.sources.peek import first_time_ns
@@ -100,39 +99,26 @@ def run_engine(engine: Engine, inputs: tuple[str, ...], workers: int | None, str
         task = bar.add_task("detecting", total=total)
         bar.start()
     lines = bad = 0
-    pending: list[pa.Table] = []
-    rows = 0
-
-    def flush() -> None:
-        nonlocal pending, rows
-        if not pending:
-            return
-        # the engine's cost is mostly per batch (a few hundred vectorized calls), so decoded
-        # blocks are gathered into batches of ~64k rows; order and results are unchanged
-        table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
-        pending, rows = [], 0
-        if learn is not None:
-            flows = table.filter(table.column("flow").is_valid()) if "flow" in table.column_names else table
-            learn.learn(build(flows, engine.enrichment))
-        else:
-            engine.process(table)
-
     try:
-        for b in batches(ins, decoder, needles, workers,
-                         progress=(lambda n: bar.advance(task, n)) if bar is not None else None):
-            lines += b.lines
-            for err in b.errors:
-                bad += 1
-                if strict:
-                    raise click.ClickException(f"{err} (--strict)")
-                if bad <= MAX_REPORTED_ERRORS:
-                    click.echo(f"warning: {err}", err=True)
-            if b.table.num_rows:
-                pending.append(b.table)
-                rows += b.table.num_rows
-            if rows >= ENGINE_BATCH_ROWS:
-                flush()
-        flush()
+        stream = batches(ins, decoder, needles, workers,
+                         progress=(lambda n: bar.advance(task, n)) if bar is not None else None)
+        for table, group in gathered(stream, ENGINE_BATCH_ROWS):
+            # errors are reported before the rows they arrived with are judged
+            for b in group:
+                lines += b.lines
+                for err in b.errors:
+                    bad += 1
+                    if strict:
+                        raise click.ClickException(f"{err} (--strict)")
+                    if bad <= MAX_REPORTED_ERRORS:
+                        click.echo(f"warning: {err}", err=True)
+            if table is None:
+                continue
+            if learn is not None:
+                flows = table.filter(table.column("flow").is_valid()) if "flow" in table.column_names else table
+                learn.learn(build(flows, engine.enrichment))
+            else:
+                engine.process(table)
     finally:
         if bar is not None:
             bar.stop()

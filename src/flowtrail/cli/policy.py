@@ -28,7 +28,7 @@ from flowtrail.policy.replay import (
     classify_whatif,
     group_rows,
 )
-from flowtrail.sources.batches import batches
+from flowtrail.sources.batches import batches, gathered
 from flowtrail.sources.decode import Decoder
 from flowtrail.sources.files import expand_inputs
 
@@ -179,26 +179,15 @@ def _read_tables(inputs: tuple[str, ...], workers: int | None, on_table: Callabl
         ins = expand_inputs(list(inputs) or ["-"])
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    pending: list[pa.Table] = []
-    rows = bad = 0
-
-    def flush() -> None:
-        nonlocal pending, rows
-        if pending:
-            table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
-            pending, rows = [], 0
+    bad = 0
+    for table, group in gathered(batches(ins, decoder or Decoder(REPLAY_PATHS), None, workers), BATCH_ROWS):
+        for b in group:
+            for err in b.errors:
+                bad += 1
+                if bad <= 20:
+                    click.echo(f"warning: {err}", err=True)
+        if table is not None:
             on_table(table)
-    for b in batches(ins, decoder or Decoder(REPLAY_PATHS), None, workers):
-        for err in b.errors:
-            bad += 1
-            if bad <= 20:
-                click.echo(f"warning: {err}", err=True)
-        if b.table.num_rows:
-            pending.append(b.table)
-            rows += b.table.num_rows
-        if rows >= BATCH_ROWS:
-            flush()
-    flush()
     if bad:
         click.echo(f"warning: skipped {bad} bad line(s)", err=True)
     return bad

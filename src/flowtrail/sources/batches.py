@@ -162,3 +162,25 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
     finally:
         if gc_was:
             gc.enable()
+
+
+def gathered(stream: Iterator[Batch], min_rows: int = 65_536) -> Iterator[tuple[pa.Table | None, list[Batch]]]:
+    """Decoded tables of consecutive batches concatenated to at least `min_rows` rows (the last
+    may be smaller), each with the batches it came from (for their errors and line counts).
+
+    Batch consumers (detection, policy replay) cost mostly per call — a few hundred vectorized
+    operations — so one call per ~64k rows instead of per block; order is unchanged. A table is
+    None when its batches decoded no rows."""
+    pending: list[pa.Table] = []
+    group: list[Batch] = []
+    rows = 0
+    for b in stream:
+        group.append(b)
+        if b.table is not None and b.table.num_rows:
+            pending.append(b.table)
+            rows += b.table.num_rows
+        if rows >= min_rows:
+            yield (pa.concat_tables(pending) if len(pending) > 1 else pending[0]), group
+            pending, group, rows = [], [], 0
+    if group:
+        yield ((pa.concat_tables(pending) if len(pending) > 1 else pending[0]) if pending else None), group
