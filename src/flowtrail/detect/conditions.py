@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from flowtrail.detect.features import map_unique
 from flowtrail.detect.rules import OPS, Rule, RuleError
+from flowtrail.filters.ip import first_network
 
 MaskFn = Callable[[pa.Table, Any], np.ndarray]
 
@@ -144,13 +145,7 @@ def _compile_exceptions(rule: Rule) -> Callable[[pa.Table], np.ndarray] | None:
         nets = [ipaddress.ip_network(c, strict=False) for c in ex["cidrs"]]
 
         def ip_hit(v: str | None) -> bool:
-            if not v:
-                return False
-            try:
-                a = ipaddress.ip_address(v)
-            except ValueError:
-                return False
-            return any(a.version == n.version and a in n for n in nets)
+            return first_network(v, nets) is not None
         checks.append(lambda t: _np(map_unique(t["conn.server_ip"], ip_hit, pa.bool_())))
     if not checks:
         return None

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowtrail.filters.ip import first_network
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -66,15 +68,8 @@ class Intel:
             return ""
         if ip in self.ips:
             return ip
-        if self.nets:
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                return ""
-            for net, _ in self.nets:
-                if addr.version == net.version and addr in net:
-                    return str(net)
-        return ""
+        net = first_network(ip, [n for n, _ in self.nets])
+        return "" if net is None else str(net)
 
     def match_domain(self, name: str | None) -> str:
         if not name or not self.domains:

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, per_unique, quoted, str_list
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def first_network(ip: str | None, nets: Sequence[Network]) -> Network | None:
+    """The first of `nets` holding address `ip` (same family); None for a missing or malformed
+    address. Shared by FlowFilter IPs, rule exceptions and threat-intel CIDRs."""
+    if not ip or not nets:
+        return None
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    return next((n for n in nets if addr.version == n.version and addr in n), None)
+
 
 def _ip_predicate(field: str, values: Any, path: str) -> Predicate:
     exact: set[str] = set()
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    nets: list[Network] = []
     for v in str_list(field, values):
         try:
             if "/" in v:
@@ -26,13 +41,7 @@ def _ip_predicate(field: str, values: Any, path: str) -> Predicate:
             return False
         if ip in exact:
             return True
-        if not nets:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr.version == n.version and addr in n for n in nets)
+        return first_network(ip, nets) is not None
 
     def fn(cols: Columns) -> Mask:
         return per_unique(cols.get(path), match)
