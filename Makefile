@@ -8,11 +8,14 @@ DEVSTAMP := $(VENV)/.dev-installed
 
 .PHONY: install dev demo test lint typecheck bench clean
 
-$(STAMP): requirements.txt pyproject.toml
+PROTOS := $(wildcard src/flowtrail/sources/proto/*.proto)
+
+$(STAMP): requirements.txt pyproject.toml $(PROTOS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python scripts/gen_protos.py
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,6 +8,8 @@ from flowtrail import __version__
 from flowtrail.cli.detect import baseline_cmd, detect_cmd, rules_cmd
 from flowtrail.cli.observe import OBSERVE_HELP, observe_main
 from flowtrail.cli.policy import policy_cmd
+from flowtrail.cli.relay import relay_replay_cmd
+from flowtrail.cli.run import run_cmd
 from flowtrail.cli.simulate import simulate_cmd
 
 _RAW = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
@@ -33,6 +35,8 @@ cli.add_command(detect_cmd)
 cli.add_command(rules_cmd)
 cli.add_command(baseline_cmd)
 cli.add_command(policy_cmd)
+cli.add_command(run_cmd)
+cli.add_command(relay_replay_cmd)
 
 
 def main() -> None:

@@ -43,6 +43,12 @@ class Aggregator:
     def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def evict(self, horizon: int) -> int:
+        """Forget groups idle since before `horizon` (flow time, ns) whose state can no longer
+        change a verdict; returns how many. Keeps a long-running monitor's memory bounded by the
+        groups active within a window, not by every group ever seen."""
+        return 0
+
 class Match(Aggregator):
     def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
         self.starts = g.times
@@ -68,6 +74,12 @@ class EventCount(Aggregator):
         keep = allt[allt >= allt[-1] - self.window][-(self.threshold - 1):] if self.threshold > 1 else allt[:0]
         self.tails[g.key] = keep
         return counts >= self.threshold
+
+    def evict(self, horizon: int) -> int:
+        old = [k for k, t in self.tails.items() if not len(t) or int(t[-1]) < horizon - self.window]
+        for k in old:
+            del self.tails[k]
+        return len(old)
 
 
 class ValueCount(Aggregator):
@@ -104,6 +116,13 @@ class ValueCount(Aggregator):
         if not seen:
             del self.seen[g.key]
         return out
+
+    def evict(self, horizon: int) -> int:
+        # an OrderedDict kept in recency order: its last value is the group's newest
+        old = [k for k, seen in self.seen.items() if not seen or next(reversed(seen.values())) < horizon - self.window]
+        for k in old:
+            del self.seen[k]
+        return len(old)
 
 
 class RateSpike(Aggregator):
@@ -152,6 +171,15 @@ class RateSpike(Aggregator):
         for k in [k for k in buckets if k < (int(g.times[-1]) // w) - n_hist - 1]:
             del buckets[k]
         return out
+
+    def evict(self, horizon: int) -> int:
+        # idle for longer than the trailing history plus a window: its buckets no longer count
+        cut = horizon - self.history - self.window
+        old = [k for k, r in self.recent.items() if not r or r[-1] < cut]
+        for k in old:
+            del self.recent[k]
+            self.buckets.pop(k, None)
+        return len(old)
 
 
 def make_aggregator(rule: Rule) -> Aggregator:

@@ -39,6 +39,7 @@ class Alert:
     evidence_text: list[str] = field(default_factory=list)
     until: int = 0  # suppression: rows before this time join this alert
     details: dict[str, Any] = field(default_factory=dict)
+    emitted: bool = False  # handed to the live sinks by Engine.drain()
 
     @property
     def id(self) -> str:

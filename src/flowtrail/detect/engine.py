@@ -56,6 +56,8 @@ PREFILTER_MACROS = {
     "apiserver_destination": '"destination":\\{[^{}\\n]*"reserved:kube-apiserver"',
 }
 
+LOST_GAP_NS = 300 * 1_000_000_000
+EVICT_EVERY_NS = 60 * 1_000_000_000
 _ENTITY_WORKLOAD = {"src.key": "src.wl_key", "dst.key": "dst.wl_key", "conn.client": "conn.client_wl"}
 
 
@@ -77,6 +79,7 @@ class EngineStats:
     lost_events: int = 0
     batches: int = 0
     rule_rows: Counter[str] = field(default_factory=Counter)
+    evicted: int = 0  # idle groups forgotten by drain()
 
 
 class Engine:
@@ -89,8 +92,10 @@ class Engine:
         self.policy = policy
         self.rules: list[CompiledRule] = []
         self.stats = EngineStats()
-        self.lost_alert: Alert | None = None
+        self.lost_alerts: list[Alert] = []
         self.t0: int | None = None
+        self.t_max: int | None = None  # newest flow time seen
+        self._evicted_at = 0
         for r in rules:
             if not r.enabled:
                 continue
@@ -180,6 +185,9 @@ class Engine:
         if self.t0 is None:
             # warm-ups count from the first flow of the input, not from a rule's first match
             self.start_at(pc.min(ft["time"]).as_py())
+        newest = pc.max(ft["time"]).as_py()
+        if newest is not None and (self.t_max is None or newest > self.t_max):
+            self.t_max = newest
         for cr in self.rules:
             m = cr.where(ft, self.baseline)
             if cr.scope is not None and m.any():
@@ -264,10 +272,14 @@ class Engine:
             times = pc.cast(pc.cast(tcol, pa.timestamp("ns", tz="UTC")), pa.int64()).to_pylist()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             times = [0] * n
-        t0, t1 = min(t for t in times if t is not None), max(t for t in times if t is not None)
-        a = self.lost_alert
-        if a is None:
-            a = self.lost_alert = Alert(
+        valid = [t for t in times if t is not None]
+        if not valid:
+            valid = [self.t_max or 0]
+        t0, t1 = min(valid), max(valid)
+        a = self.lost_alerts[-1] if self.lost_alerts else None
+        # one alert per gap: lost events more than LOST_GAP_NS after the previous ones are a new incident
+        if a is None or t0 - a.last_seen > LOST_GAP_NS:
+            a = Alert(
                 rule="flow-gap.lost-events", title="Hubble lost flow events", category="flow-gap",
                 severity="medium", mitre=["T1562.006"], entity={"namespace": None, "pod": None, "workload": None},
                 group="lost_events", first_seen=t0, detected_at=t0, last_seen=t1,
@@ -275,15 +287,43 @@ class Engine:
                             "in this period are missing and detections may be blind to them.",
                 remediation="Raise the Hubble event buffer (hubble.eventBufferCapacity) or the relay's buffer, "
                             "or reduce monitor aggregation load; check `hubble observe` for LOST events.")
+            self.lost_alerts.append(a)
         a.count += n
         a.last_seen = max(a.last_seen, t1)
 
     # ------------------------------------------------------------------ results
     def alerts(self) -> list[Alert]:
         out = [a for cr in self.rules for a in cr.alerts.all()]
-        if self.lost_alert is not None:
-            out.append(self.lost_alert)
+        out.extend(self.lost_alerts)
         return sorted(out, key=lambda a: (a.detected_at, a.rule, a.group))
+
+    def drain(self) -> list[Alert]:
+        """For a long-running monitor: the alerts opened since the previous drain, in detection
+        order. Alerts already handed out are then forgotten once they can no longer grow (closed,
+        or past their suppression interval), so memory stays bounded however long the run."""
+        new: list[Alert] = []
+        horizon = self.t_max if self.t_max is not None else 0
+        for cr in self.rules:
+            al = cr.alerts
+            new.extend(a for a in al.done if not a.emitted)
+            al.done.clear()
+            for key, a in list(al.open.items()):
+                if not a.emitted:
+                    new.append(a)
+                elif a.until <= horizon:
+                    # suppression over: a later row opens a fresh alert anyway
+                    del al.open[key]
+        if self.t_max is not None and self.t_max - self._evicted_at >= EVICT_EVERY_NS:
+            self._evicted_at = self.t_max
+            # a margin of one eviction period for flows arriving slightly out of order
+            for cr in self.rules:
+                self.stats.evicted += cr.agg.evict(self.t_max - EVICT_EVERY_NS)
+        new.extend(a for a in self.lost_alerts if not a.emitted)
+        if len(self.lost_alerts) > 1:
+            del self.lost_alerts[:-1]
+        for a in new:
+            a.emitted = True
+        return sorted(new, key=lambda a: (a.detected_at, a.rule, a.group))
 
 
 RENDER_COLUMNS = ("time", "src.key", "src.port", "dst.key", "dst.port", "proto", "verdict", "dns.query", "dns.rcode",

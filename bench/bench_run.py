@@ -1,0 +1,314 @@
+"""The live monitor, measured: throughput, alert latency at a paced rate, and a memory soak.
+
+    python bench/bench_run.py throughput [--flows 1000000] [--repeat 3]
+    python bench/bench_run.py latency [--rate 20000] [--seconds 60]
+    python bench/bench_run.py soak [--rate 40000] [--seconds 600]
+
+throughput: `flowtrail run --once` (default rule pack, Hubble metrics, alerts to a file) over the
+    core benchmark file, beside `flowtrail detect` on the same file and jq evaluating three
+    stateless conditions (what a user would script instead). Median wall seconds, flows/s, peak RSS.
+latency: a lab capture with attack scenarios is appended to a file at `--rate` flows/s, paced by
+    its flow times (the file grows as a Hubble exporter's would); `flowtrail run` follows it. For
+    every alert, latency = the moment the alert line appeared in the alerts file minus the moment
+    the flow that triggered it (the alert's `detected_at`) was written. Also reports the monitor's
+    own histogram (arrival → handed to the sinks) from /metrics.
+soak: the lab simulator streams through a pacer at `--rate` flows/s into `flowtrail run
+    --input-file -` for `--seconds`; the monitor's RSS is sampled every 5 s. Flat memory means the
+    slope over the second half stays within noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+FT = str(REPO / ".venv" / "bin" / "flowtrail")
+JQ = (
+    'select((.flow.destination.labels // [] | index("reserved:kube-apiserver")) and '
+    '((.flow.source.namespace // "") | IN("kube-system","monitoring") | not)) // '
+    'select((.flow.destination.labels // [] | index("reserved:world")) and .flow.source.namespace == "production") // '
+    'select((.flow.l7.dns.query // "") | test("\\\\.(xyz|top)\\\\.$"))'
+)
+SCENARIOS = ["port-scan", "policy-gap", "exfiltration", "dns-c2", "kube-api", "namespace-breach", "drop-spike",
+             "ip-sweep"]
+TIME_RE = re.compile(rb'"time":"([^"]+)"\}?\s*$')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def measured(cmd: list[str]) -> tuple[float, int, int]:
+    """(wall s, peak RSS KiB, stdout lines) of cmd run in a fresh child (ru_maxrss is a high-water mark)."""
+    proc = subprocess.run([sys.executable, "-c",
+                           "import resource,subprocess,sys,time;t=time.perf_counter();"
+                           "p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE,stderr=subprocess.DEVNULL);"
+                           "w=time.perf_counter()-t;r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
+                           "print(w,r,p.stdout.count(b'\\n'),p.returncode)", *cmd],
+                          capture_output=True, text=True, check=True)
+    w, r, n, rc = proc.stdout.split()
+    if int(rc) != 0:
+        raise RuntimeError(f"{cmd} exited {rc}")
+    return float(w), int(r), int(n)
+
+
+# ---------------------------------------------------------------------------------------- throughput
+def throughput(args: argparse.Namespace) -> list[str]:
+    data = REPO / "bench" / "data" / f"flows-{args.flows}.jsonl"
+    data.parent.mkdir(exist_ok=True)
+    if not data.exists():
+        subprocess.run([sys.executable, str(REPO / "bench" / "genflows.py"), "-n", str(args.flows), "-o", str(data)],
+                       check=True)
+    out: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        alerts = Path(tmp) / "alerts.jsonl"
+        cases = [
+            ("flowtrail run --once (default pack, Hubble metrics, alert file)",
+             [FT, "run", "--once", "--input-file", str(data), "--alerts-file", str(alerts), "--log-level", "warning"]),
+            ("flowtrail detect (default pack, 2 decode workers)", [FT, "detect", str(data), "-o", "json"]),
+            ("jq, 3 stateless conditions", ["jq", "-c", JQ, str(data)]),
+        ]
+        rows = []
+        for name, cmd in cases:
+            if cmd[0] == "jq" and not shutil.which("jq"):
+                continue
+            walls, rss = [], []
+            for _ in range(args.repeat if cmd[0] != "jq" else 1):
+                alerts.unlink(missing_ok=True)
+                w, r, _ = measured(cmd)
+                walls.append(w)
+                rss.append(r)
+            med = statistics.median(walls)
+            rows.append((name, med, args.flows / med, max(rss) / 1024))
+            line = f"{name:<66} {med:7.2f} s {args.flows / med:>10,.0f} flows/s  peak RSS {max(rss) / 1024:6.0f} MB"
+            print(line, flush=True)
+            out.append(line)
+    jq = next((r for r in rows if r[0].startswith("jq")), None)
+    if jq:
+        for name, med, _, _ in rows:
+            if name != jq[0]:
+                out.append(f"{name}: {jq[1] / med:.1f}x jq")
+                print(out[-1])
+    return out
+
+
+# ---------------------------------------------------------------------------------------- latency
+def _capture(path: Path, rate: int, seconds: int) -> None:
+    cmd = [FT, "simulate", "-q", "--duration", f"{seconds}s", "--rate", str(rate), "-o", str(path)]
+    for s in SCENARIOS:
+        cmd += ["--scenario", s]
+    subprocess.run(cmd, check=True)
+
+
+def _flow_times(path: Path) -> tuple[list[bytes], np.ndarray]:
+    lines = path.read_bytes().splitlines(keepends=True)
+    times = np.empty(len(lines), np.int64)
+    for i, ln in enumerate(lines):
+        m = TIME_RE.search(ln)
+        times[i] = _ns(m.group(1).decode()) if m else (times[i - 1] if i else 0)
+    return lines, times
+
+
+def _ns(text: str) -> int:
+    base, _, frac = text.rstrip("Z").partition(".")
+    sec = int(time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) - time.timezone)
+    return sec * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def latency(args: argparse.Namespace) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cap = Path(tmp) / "capture.jsonl"
+        print(f"simulating {args.seconds}s at {args.rate} flows/s with {len(SCENARIOS)} attack scenarios ...", flush=True)
+        _capture(cap, args.rate, args.seconds)
+        lines, times = _flow_times(cap)
+        live, alerts = Path(tmp) / "events.log", Path(tmp) / "alerts.jsonl"
+        live.touch()
+        port = free_port()
+        proc = subprocess.Popen([FT, "run", "--input-file", str(live), "--alerts-file", str(alerts),
+                                 "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"])
+        time.sleep(3)  # start-up (imports, rule compilation) is not latency
+        written_t: list[int] = []  # flow time of the last line of each write
+        written_w: list[float] = []  # wall clock of that write
+        seen: dict[str, float] = {}
+        stop = threading.Event()
+
+        def watch() -> None:
+            pos = 0
+            while not stop.is_set():
+                if alerts.exists():
+                    with open(alerts, "rb") as fh:
+                        fh.seek(pos)
+                        data = fh.read()
+                    cut = data.rfind(b"\n") + 1
+                    now = time.monotonic()
+                    for ln in data[:cut].splitlines():
+                        a = orjson.loads(ln)
+                        seen.setdefault(a["id"], now)
+                        seen[a["id"] + "#t"] = _ns(a["detected_at"]) / 1e9
+                    pos += cut
+                time.sleep(0.005)
+
+        w = threading.Thread(target=watch, daemon=True)
+        w.start()
+        t0_flow, t0_wall = int(times[0]), time.monotonic()
+        i = 0
+        with open(live, "ab", buffering=0) as fh:
+            while i < len(lines):
+                due = t0_flow + int((time.monotonic() - t0_wall) * 1e9)
+                j = int(np.searchsorted(times, due, side="right"))
+                if j > i:
+                    fh.write(b"".join(lines[i:j]))
+                    written_t.append(int(times[j - 1]))
+                    written_w.append(time.monotonic())
+                    i = j
+                time.sleep(0.005)
+        time.sleep(3)
+        stop.set()
+        w.join()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        proc.terminate()
+        rc = proc.wait(30)
+        lats = []
+        for k, at in seen.items():
+            if k.endswith("#t"):
+                continue
+            det_ns = int(seen[k + "#t"] * 1e9)
+            idx = bisect.bisect_left(written_t, det_ns)
+            if idx < len(written_w):
+                lats.append(at - written_w[idx])
+        lats.sort()
+        out = [f"paced {len(lines):,} flows at {args.rate:,}/s for {args.seconds}s; {len(lats)} alerts; exit code {rc}"]
+        if lats:
+            p = lambda q: lats[min(len(lats) - 1, int(q * len(lats)))]  # noqa: E731
+            out.append(f"end-to-end alert latency (written -> alert line in file): p50 {p(0.5) * 1000:.0f} ms, "
+                       f"p99 {p(0.99) * 1000:.0f} ms, max {lats[-1] * 1000:.0f} ms")
+        hist = _histogram(metrics, "flowtrail_alert_latency_seconds")
+        if hist:
+            out.append("monitor's own histogram (arrival -> sinks): " + hist)
+        for ln in out:
+            print(ln)
+        return out
+
+
+def _histogram(text: str, name: str) -> str:
+    buckets = []
+    count = 0.0
+    for ln in text.splitlines():
+        if ln.startswith(name + "_bucket"):
+            le = re.search(r'le="([^"]+)"', ln)
+            if le:
+                buckets.append((float(le.group(1)), float(ln.rsplit(" ", 1)[1])))
+        elif ln.startswith(name + "_count"):
+            count = float(ln.rsplit(" ", 1)[1])
+    if not count:
+        return ""
+    p99 = next((le for le, c in buckets if c >= 0.99 * count), float("inf"))
+    p50 = next((le for le, c in buckets if c >= 0.5 * count), float("inf"))
+    return f"{int(count)} alerts, p50 <= {p50}s, p99 <= {p99}s"
+
+
+# ---------------------------------------------------------------------------------------- soak
+def soak(args: argparse.Namespace) -> list[str]:
+    # hours of flow time at a modest simulated rate: the content repeats no pattern the engine could
+    # exploit, and the simulator streams it so no multi-GB file is needed
+    sim = subprocess.Popen([FT, "simulate", "-q", "--duration", "24h", "--workers", "1", "-o", "-",
+                            "--rate", str(args.rate), "--scenario", "port-scan", "--scenario", "dns-c2"],
+                           stdout=subprocess.PIPE)
+    port = free_port()
+    mon = subprocess.Popen([FT, "run", "--input-file", "-", "--alerts-file", os.devnull,
+                            "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+                           stdin=subprocess.PIPE)
+    assert sim.stdout is not None and mon.stdin is not None
+    samples: list[tuple[float, float]] = []
+    sent = 0
+    t0 = time.monotonic()
+    next_sample = t0
+    try:
+        while time.monotonic() - t0 < args.seconds:
+            # pace: write what is due, in 10 ms steps
+            due = int((time.monotonic() - t0) * args.rate)
+            while sent < due:
+                block = sim.stdout.read(256 << 10)
+                if not block:
+                    break
+                mon.stdin.write(block)
+                sent += block.count(b"\n")
+            if time.monotonic() >= next_sample:
+                rss = _rss_mb(mon.pid)
+                samples.append((time.monotonic() - t0, rss))
+                print(f"t={samples[-1][0]:6.0f}s sent={sent:>11,} rss={rss:7.1f} MB", flush=True)
+                next_sample += 5
+            time.sleep(0.01)
+    finally:
+        metrics = ""
+        with contextlib.suppress(OSError):
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        mon.stdin.close()
+        mon.terminate()
+        mon.wait(60)
+        sim.kill()
+    half = [s for s in samples if s[0] >= args.seconds / 2]
+    slope = float(np.polyfit([s[0] for s in half], [s[1] for s in half], 1)[0]) * 60 if len(half) > 2 else 0.0
+    processed = re.search(r"^flowtrail_flows_processed_total (\S+)", metrics, re.M)
+    shed = sum(float(x) for x in re.findall(r"^flowtrail_flows_shed_total\{[^}]*\} (\S+)", metrics, re.M))
+    out = [f"soak {args.seconds}s at {args.rate:,} flows/s: sent {sent:,}, processed "
+           f"{float(processed.group(1)) if processed else float('nan'):,.0f}, shed {shed:,.0f}",
+           f"RSS first {samples[0][1]:.0f} MB, max {max(s[1] for s in samples):.0f} MB, last {samples[-1][1]:.0f} MB; "
+           f"second-half slope {slope:+.2f} MB/min"]
+    for ln in out:
+        print(ln)
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if ln.startswith("VmRSS:"):
+                return int(ln.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["throughput", "latency", "soak"])
+    ap.add_argument("--flows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rate", type=int, default=None)
+    ap.add_argument("--seconds", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.mode == "throughput":
+        throughput(args)
+    elif args.mode == "latency":
+        args.rate = args.rate or 20_000
+        args.seconds = args.seconds or 60
+        latency(args)
+    else:
+        args.rate = args.rate or 40_000
+        args.seconds = args.seconds or 600
+        soak(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

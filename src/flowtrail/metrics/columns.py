@@ -1,0 +1,241 @@
+"""Column helpers for the metric handlers: one batch of decoded flows seen as Arrow columns.
+
+:class:`FlowView` reads dotted Hubble JSON paths out of the decoder's ``flow`` struct (a null
+parent makes the child null), fills absent values the way protojson's zero values read in Go
+(absent enum = its zero name, absent string = ""), and offers the few list operations the
+handlers need (join, first element matching a condition) without a Python loop per row.
+
+:func:`group_counts` turns label columns plus a row mask into ``(label tuple, count)`` pairs:
+each column is dictionary-encoded, the codes are combined into one key per row and counted with
+numpy, so a handler makes one ``counter.labels(...).inc(n)`` call per distinct label tuple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+STRING = pa.string()
+
+
+class FlowView:
+    """The ``flow`` column of one decoded table, with cached column lookups."""
+
+    def __init__(self, flow: pa.Array | pa.ChunkedArray) -> None:
+        if isinstance(flow, pa.ChunkedArray):
+            flow = flow.combine_chunks() if flow.num_chunks != 1 else flow.chunk(0)
+        self.flow: pa.Array = flow
+        self.n = len(flow)
+        self.valid: np.ndarray = _np_bool(flow.is_valid())
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    # -- raw columns -------------------------------------------------------------------------
+    def col(self, path: str) -> pa.Array:
+        """The field at dotted ``path`` (null where it or a parent is absent)."""
+        key = ("col", path)
+        got = self._cache.get(key)
+        if got is None:
+            try:
+                got = pc.struct_field(self.flow, path.split("."))
+            except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise ValueError(f"flow column lacks {path!r}: decode with HubbleMetrics.paths ({exc})") from None
+            self._cache[key] = got
+        return got
+
+    def present(self, path: str) -> np.ndarray:
+        """True where the field (a message, usually) is set, even if empty (``"ICMPv4":{}``)."""
+        key = ("present", path)
+        got = self._cache.get(key)
+        if got is None:
+            got = _np_bool(self.col(path).is_valid())
+            self._cache[key] = got
+        return got
+
+    def text(self, path: str, default: str = "") -> pa.Array:
+        """A string field with ``default`` where absent (enums: pass their zero value's name)."""
+        key = ("text", path + "\0" + default)
+        got = self._cache.get(key)
+        if got is None:
+            arr = self.col(path)
+            if arr.type != STRING:
+                arr = pc.cast(arr, STRING)
+            got = pc.fill_null(arr, default)
+            self._cache[key] = got
+        return got
+
+    def integer(self, path: str) -> np.ndarray:
+        """An integer field as int64 numpy (absent = 0, as proto3 reads it). 64-bit fields are
+        JSON strings in Hubble's output; they are parsed here."""
+        key = ("int", path)
+        got = self._cache.get(key)
+        if got is None:
+            arr = self.col(path)
+            if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+                try:
+                    arr = pc.cast(arr, pa.int64())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    # a value over int64's range: only possible for a u64 near its top
+                    arr = pa.array([_to_int(x) for x in arr.to_pylist()], pa.int64())
+            got = pc.fill_null(arr, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            self._cache[key] = got
+        return got
+
+    def flag(self, path: str) -> np.ndarray:
+        """A bool field: True only where set to true."""
+        key = ("flag", path)
+        got = self._cache.get(key)
+        if got is None:
+            got = _np_bool(pc.fill_null(self.col(path), False))
+            self._cache[key] = got
+        return got
+
+    def equals(self, path: str, value: str, default: str = "") -> np.ndarray:
+        return _np_bool(pc.equal(self.text(path, default), value))
+
+    # -- lists ---------------------------------------------------------------------------------
+    def joined(self, path: str, sep: str = ",") -> pa.Array:
+        """A list of strings joined with ``sep`` ("" for an absent or empty list)."""
+        key = ("join", path + "\0" + sep)
+        got = self._cache.get(key)
+        if got is None:
+            got = pc.fill_null(pc.binary_join(self.col(path), sep), "")
+            self._cache[key] = got
+        return got
+
+    def list_len(self, path: str) -> np.ndarray:
+        return pc.fill_null(pc.list_value_length(self.col(path)), 0).to_numpy(zero_copy_only=False)
+
+    def contains(self, path: str, value: str) -> np.ndarray:
+        """Rows whose list of strings holds exactly ``value``."""
+        lists = self.col(path)
+        flat = pc.list_flatten(lists)
+        parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        hit = _np_bool(pc.equal(flat, value))
+        out = np.zeros(self.n, bool)
+        out[parents[hit]] = True
+        return out
+
+    def first_where(self, path: str, flat_mask: np.ndarray | None = None, field: str | None = None) -> pa.Array:
+        """Per row, the first element of list ``path`` (its ``field`` for a list of messages) for
+        which ``flat_mask`` (over the flattened elements) holds; "" where there is none."""
+        lists = self.col(path)
+        flat = pc.list_flatten(lists)
+        parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        values = pc.struct_field(flat, [field]) if field is not None else flat
+        pick = np.arange(len(parents))
+        if flat_mask is not None:
+            pick = pick[flat_mask]
+        owners = parents[pick]
+        # parents are non-decreasing: each row's first element starts a run
+        first = np.ones(len(owners), bool)
+        first[1:] = owners[1:] != owners[:-1]
+        idx = np.full(self.n, -1, np.int64)
+        idx[owners[first]] = pick[first]
+        taken = values.take(pa.array(idx, mask=idx < 0))
+        if taken.type != STRING:
+            taken = pc.cast(taken, STRING)
+        return pc.fill_null(taken, "")
+
+    def flat(self, path: str) -> tuple[pa.Array, np.ndarray]:
+        """The flattened elements of list ``path`` and the row each came from."""
+        lists = self.col(path)
+        return pc.list_flatten(lists), pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+
+
+def _to_int(x: Any) -> int | None:
+    if x is None:
+        return None
+    try:
+        v = int(x)
+    except ValueError:
+        return None
+    return min(v, (1 << 63) - 1)
+
+
+def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def const(value: str, n: int) -> pa.Array:
+    """A string column holding ``value`` n times (dictionary-encodes to one entry)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value], STRING))
+
+
+def choose(cond: np.ndarray, a: pa.Array, b: pa.Array) -> pa.Array:
+    """Where ``cond``: a, else b."""
+    return pc.if_else(pa.array(cond, pa.bool_()), _plain(a), _plain(b))
+
+
+def _plain(a: pa.Array) -> pa.Array:
+    return a.dictionary_decode() if isinstance(a, pa.DictionaryArray) else a
+
+
+def lookup(codes: np.ndarray, names: dict[int, str], unknown: str | None = None) -> pa.Array:
+    """Names for integer codes: a Python lookup per distinct code, not per row. Codes missing
+    from ``names`` get ``unknown`` (None: the number itself)."""
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    labels = [names.get(int(c), str(int(c)) if unknown is None else unknown) for c in uniq.tolist()]
+    return pa.DictionaryArray.from_arrays(pa.array(inverse.ravel().astype(np.int32)), pa.array(labels, STRING))
+
+
+def map_text(arr: pa.Array, fn: Any) -> pa.Array:
+    """Apply ``fn`` (str -> str) per distinct value of a string column."""
+    enc = pc.dictionary_encode(_plain(arr))
+    return pa.DictionaryArray.from_arrays(enc.indices, pa.array([fn(x) for x in enc.dictionary.to_pylist()], STRING))
+
+
+def group_rows(columns: Sequence[pa.Array], rows: np.ndarray) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """Distinct label tuples among ``rows`` (indices) of ``columns`` and, per row, its tuple's
+    position in that list."""
+    if not len(rows):
+        return [], np.zeros(0, np.int64)
+    if not columns:
+        return [()], np.zeros(len(rows), np.int64)
+    take = pa.array(rows, pa.int64())
+    codes: list[np.ndarray] = []
+    dicts: list[list[str]] = []
+    for col in columns:
+        sub = col.take(take)
+        enc = sub if isinstance(sub, pa.DictionaryArray) else pc.dictionary_encode(sub)
+        dictionary = enc.dictionary.to_pylist()
+        idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(dictionary) > 1 and isinstance(sub, pa.DictionaryArray):
+            # a dictionary built from many rows may hold unused or repeated entries: compact it
+            used, idx = np.unique(idx, return_inverse=True)
+            idx = idx.ravel()
+            dictionary = [dictionary[i] for i in used.tolist()]
+        codes.append(idx)
+        dicts.append(dictionary)
+    sizes = [max(len(d), 1) for d in dicts]
+    if float(np.prod(np.asarray(sizes, dtype=float))) < 2.0**62:
+        key = np.zeros(len(rows), np.int64)
+        for c, size in zip(codes, sizes, strict=True):
+            key = key * size + c
+        uniq_keys, inverse = np.unique(key, return_inverse=True)
+        parts = []
+        rest = uniq_keys.copy()
+        for size in reversed(sizes):
+            parts.append(rest % size)
+            rest //= size
+        uniq = np.stack(parts[::-1], axis=1)
+    else:
+        uniq, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    labels = [tuple(d[i] for d, i in zip(dicts, row, strict=True)) for row in uniq.tolist()]
+    return labels, inverse.ravel()
+
+
+def group_counts(columns: Sequence[pa.Array], mask: np.ndarray,
+                 weights: np.ndarray | None = None) -> list[tuple[tuple[str, ...], float]]:
+    """``(label tuple, count)`` for the rows where ``mask`` holds (``weights``: sum these instead
+    of counting rows)."""
+    rows = np.flatnonzero(mask)
+    labels, inverse = group_rows(columns, rows)
+    if not labels:
+        return []
+    w = None if weights is None else weights[rows].astype(float)
+    sums = np.bincount(inverse, weights=w, minlength=len(labels))
+    return [(lab, float(s)) for lab, s in zip(labels, sums.tolist(), strict=True)]

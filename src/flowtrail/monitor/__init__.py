@@ -1,0 +1,1 @@
+"""The live monitor (`flowtrail run`): configuration, bounded queue, pipeline, logs."""

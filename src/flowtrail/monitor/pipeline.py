@@ -1,0 +1,393 @@
+"""The live monitor: sources → decode → enrich → filter → metrics, export → detect → alert sinks.
+
+Each source runs in its own thread and puts chunks of raw lines on one bounded queue
+(monitor/queue.py). The processor takes micro-batches off it — as many lines as are waiting, up to
+`batch_max_flows`, or whatever arrived within `batch_max_delay` of the oldest one — and runs every
+stage on the batch as a whole. The detection engine keeps its window state between batches, so the
+alerts equal those of `flowtrail detect` over the same flows, however they were cut into batches.
+
+Offsets of followed files are committed only after a batch's alerts were handed to the sinks (which
+spool them to disk before acknowledging), so a crash repeats at most the last batch and a clean stop
+repeats nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtrail.detect.alerts import Alert
+from flowtrail.detect.engine import Engine
+from flowtrail.detect.rules import SEVERITIES
+from flowtrail.filters import FilterSet
+from flowtrail.monitor.queue import ChunkQueue
+from flowtrail.sinks.alerting import Delivery, close_all
+from flowtrail.sources.chunk import Chunk
+from flowtrail.sources.decode import Decoder, Rows
+
+log = logging.getLogger("flowtrail.monitor")
+
+MAX_LOGGED_ERRORS_PER_BATCH = 5
+
+
+class Source(Protocol):
+    name: str
+    stats: dict[str, Any]
+
+    def chunks(self, stop: threading.Event) -> Iterator[Chunk]: ...
+
+
+class FlowOutput(Protocol):
+    name: str
+    paths: set[str]
+    stats: dict[str, int]
+
+    def write(self, table: pa.Table, rows: Rows) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Prepared:
+    chunks: list[Chunk]
+    tables: list[pa.Table]
+    decode_s: float
+
+
+@dataclass
+class PipelineOptions:
+    batch_max_flows: int = 65_536
+    batch_max_delay_s: float = 0.2
+    queue_max_bytes: int = 64 << 20
+    overload: str = "block"
+    shutdown_timeout_s: float = 10.0
+    min_severity: str = "info"
+
+
+@dataclass
+class MonitorStats:
+    lines: int = 0
+    flows: int = 0
+    lost_events: int = 0
+    decode_errors: int = 0
+    filtered_out: int = 0
+    batches: int = 0
+    alerts: int = 0
+    shed_lines: int = 0
+    enriched: int = 0
+    latencies_s: list[float] = field(default_factory=list)  # arrival -> alert handed to the sinks (last 10k)
+
+
+class Monitor:
+    def __init__(self, sources: list[Source], engine: Engine | None, *,
+                 alert_outputs: list[Delivery], flow_outputs: list[FlowOutput] | None = None,
+                 flow_filter: FilterSet | None = None, enricher: Any = None, hubble_metrics: Any = None,
+                 own_metrics: Any = None, options: PipelineOptions | None = None,
+                 on_batch: Callable[[MonitorStats], None] | None = None) -> None:
+        self.sources = sources
+        self.engine = engine
+        self.alert_outputs = alert_outputs
+        self.flow_outputs = flow_outputs or []
+        self.filter = flow_filter
+        self.enricher = enricher
+        self.hubble_metrics = hubble_metrics
+        self.own = own_metrics
+        self.opts = options or PipelineOptions()
+        self.on_batch = on_batch
+        self.stats = MonitorStats()
+        self.queue = ChunkQueue(self.opts.queue_max_bytes, self._shed)
+        paths: set[str] = set()
+        if engine is not None:
+            paths |= set(engine.paths)
+        if flow_filter is not None:
+            paths |= flow_filter.paths
+        if enricher is not None:
+            paths |= set(enricher.paths)
+        if hubble_metrics is not None:
+            paths |= set(hubble_metrics.paths)
+        for fo in self.flow_outputs:
+            paths |= set(fo.paths)
+        self.decoder = Decoder(sorted(paths))
+        self._min_sev = SEVERITIES.index(self.opts.min_severity)
+        self.stop_sources = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._source_done: dict[str, bool] = {}
+        self.heartbeat = time.monotonic()
+        self.started = False
+        self.newest_flow_ns: int | None = None
+        self._synced: dict[tuple[str, ...], int] = {}
+        self._prepared: queue.Queue[_Prepared | None] = queue.Queue(maxsize=2)
+        self._stage_done = threading.Event()
+        self._last_gauges = 0.0
+
+    # -- health ---------------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stalled = time.monotonic() - self.heartbeat
+        ok = stalled < max(30.0, 10 * self.opts.batch_max_delay_s)
+        return ok, {"status": "ok" if ok else "stalled", "processor_idle_s": round(stalled, 3),
+                    "queue_lines": self.queue.lines}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        conn = {s.name: bool(s.stats.get("connected", True)) for s in self.sources}
+        ok = self.started and (not conn or any(conn.values()))
+        return ok, {"status": "ready" if ok else "not ready", "sources": conn}
+
+    # -- sources ---------------------------------------------------------------------------------------
+    def _shed(self, ch: Chunk) -> None:
+        self.stats.shed_lines += ch.lines
+        if self.own is not None:
+            self.own.flows_shed.labels(reason="queue_full").inc(ch.lines)
+        log.warning("overload: shed %d lines from %s (queue full at %d bytes)", ch.lines, ch.source,
+                    self.queue.max_bytes)
+
+    def _pump(self, src: Source) -> None:
+        policy = getattr(src, "overload", None) or self.opts.overload
+        try:
+            for ch in src.chunks(self.stop_sources):
+                self.queue.put(ch, policy, self.stop_sources)
+        except Exception:
+            log.exception("source %s failed", src.name)
+        finally:
+            self._source_done[src.name] = True
+
+    def start(self) -> None:
+        for src in self.sources:
+            self._source_done[src.name] = False
+            t = threading.Thread(target=self._pump, args=(src,), name=f"source:{src.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.started = True
+
+    def sources_done(self) -> bool:
+        return all(self._source_done.values())
+
+    # -- main loop -------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, exit_when_sources_end: bool = False) -> None:
+        """Process until `stop` is set (then drain and flush) or, with `exit_when_sources_end`,
+        until every source has ended and the queue is empty.
+
+        Two stages overlap: a decode thread (decode, enrich, filter, export) and this thread
+        (metrics, detection, alerts, offsets). Arrow's JSON reader and most compute kernels release
+        the GIL, so on two cores the stages run side by side; order is kept end to end."""
+        if not self.started:
+            self.start()
+        stage = threading.Thread(target=self._decode_loop, name="decode", daemon=True)
+        stage.start()
+        ended = False
+        while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            if exit_when_sources_end and self.sources_done():
+                self._stage_done.set()  # the decode stage drains the queue, then ends the stream
+            try:
+                p = self._prepared.get(timeout=0.25)
+            except queue.Empty:
+                pass
+            else:
+                if p is None:
+                    ended = True
+                    break
+                self.finish(p)
+            if time.monotonic() - self._last_gauges >= 0.25:
+                self._last_gauges = time.monotonic()
+                self._gauges()
+        self.shutdown(ended)
+
+    def _decode_loop(self) -> None:
+        try:
+            while True:
+                batch = self.queue.get_batch(self.opts.batch_max_flows, self.opts.batch_max_delay_s, 0.2)
+                if batch:
+                    # blocks while two prepared batches wait: back-pressure reaches the sources
+                    self._prepared.put(self.prepare(batch))
+                elif self._stage_done.is_set() and not len(self.queue):
+                    break
+        except Exception:
+            log.exception("decode stage failed")
+        self._prepared.put(None)
+
+    def shutdown(self, ended: bool = False) -> None:
+        """Stop the sources, process what they already delivered, flush every sink."""
+        self.stop_sources.set()
+        deadline = time.monotonic() + self.opts.shutdown_timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self._stage_done.set()
+        while not ended and time.monotonic() < deadline:
+            try:
+                p = self._prepared.get(timeout=max(0.01, min(0.25, deadline - time.monotonic())))
+            except queue.Empty:
+                continue
+            if p is None:
+                break
+            self.finish(p)
+        left = self.queue.lines
+        if left:
+            log.warning("shutdown: %d queued lines not processed within %.0fs; their offsets are not "
+                        "committed, so they are read again at the next start", left, self.opts.shutdown_timeout_s)
+        # every sink shares one deadline
+        if self.alert_outputs and not close_all(self.alert_outputs, max(0.5, deadline - time.monotonic())):
+            log.warning("shutdown: an alert sink did not confirm delivery; undelivered alerts stay spooled")
+        for fo in self.flow_outputs:
+            try:
+                fo.flush()
+                fo.close()
+            except Exception:
+                log.exception("closing exporter %s", fo.name)
+        for src in self.sources:
+            close = getattr(src, "close", None)
+            if close is not None:
+                close()
+        self._gauges()
+
+    def _gauges(self) -> None:
+        """Copy the components' own counters into the metrics registry (they count in plain ints so
+        that none of them depends on Prometheus)."""
+        own = self.own
+        if own is None:
+            return
+        own.queue_depth.labels(queue="sources").set(self.queue.lines)
+        if self.newest_flow_ns is not None:
+            own.note_flow_time(self.newest_flow_ns / 1e9)
+        for out in self.alert_outputs:
+            name = getattr(getattr(out, "sink", None), "name", None) or type(out).__name__
+            st = out.stats
+            self._sync(own.sink_sent.labels(sink=name), ("sink_sent", name), st.get("sent", 0))
+            self._sync(own.sink_failures.labels(sink=name), ("sink_failures", name), st.get("failures", 0))
+            own.sink_spooled.labels(sink=name).set(st.get("spooled", 0))
+        for fo in self.flow_outputs:
+            for outcome in ("exported", "filtered", "expired", "sampled", "rate_limited", "errors", "dropped"):
+                self._sync(own.export_flows.labels(exporter=fo.name, outcome=outcome),
+                           ("export", fo.name, outcome), fo.stats.get(outcome, 0))
+        for src in self.sources:
+            st = src.stats
+            self._sync(own.source_reconnects.labels(source=src.name), ("reconnects", src.name), st.get("reconnects", 0))
+            own.source_connected.labels(source=src.name).set(1 if st.get("connected", True) else 0)
+            if "bytes" in st:
+                self._sync(own.input_bytes.labels(source=src.name), ("bytes", src.name), st["bytes"])
+
+    def _sync(self, counter: Any, key: tuple[str, ...], value: int) -> None:
+        last = self._synced.get(key, 0)
+        if value > last:
+            counter.inc(value - last)
+            self._synced[key] = value
+
+    # -- one batch -------------------------------------------------------------------------------------
+    def process(self, chunks: list[Chunk]) -> list[dict[str, Any]]:
+        """Run every stage over one micro-batch; returns the alerts it raised (as JSON objects)."""
+        return self.finish(self.prepare(chunks))
+
+    def prepare(self, chunks: list[Chunk]) -> _Prepared:
+        """Decode, enrich, filter and export one micro-batch."""
+        t0 = time.perf_counter()
+        own = self.own
+        tables: list[pa.Table] = []
+        logged = 0
+        for ch in chunks:
+            dec = self.decoder.decode_block(ch.data, ch.source, ch.first_line)
+            self.stats.lines += dec.stats.lines
+            if dec.errors:
+                self.stats.decode_errors += len(dec.errors)
+                if own is not None:
+                    own.decode_errors.labels(source=ch.source).inc(len(dec.errors))
+                for err in dec.errors:
+                    if logged < MAX_LOGGED_ERRORS_PER_BATCH:
+                        log.warning("skipped bad line: %s", err)
+                        logged += 1
+            table, rows = dec.table, dec.rows
+            if table is None or table.num_rows == 0:
+                continue
+            if own is not None:
+                own.flows_received.labels(source=ch.source).inc(table.num_rows)
+            if self.enricher is not None:
+                table, rows, n = self.enricher.enrich(table, rows)
+                self.stats.enriched += n
+            if self.filter is not None:
+                mask = self.filter.mask(table)
+                if not mask.all():
+                    idx = np.flatnonzero(mask)
+                    self.stats.filtered_out += table.num_rows - len(idx)
+                    table = table.take(pa.array(idx))
+                    rows = rows.take(idx)
+            if table.num_rows == 0:
+                continue
+            for fo in self.flow_outputs:
+                try:
+                    fo.write(table, rows)
+                except Exception:
+                    log.exception("exporter %s failed on a batch", fo.name)
+            tables.append(table)
+        return _Prepared(chunks, tables, time.perf_counter() - t0)
+
+    def finish(self, p: _Prepared) -> list[dict[str, Any]]:
+        """Metrics, detection and alerts for a prepared batch; then its offsets are committed."""
+        chunks, tables, own = p.chunks, p.tables, self.own
+        t_decode = time.perf_counter()
+        new: list[dict[str, Any]] = []
+        if tables:
+            big = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            n_lost = 0
+            if "lost_events" in big.column_names:
+                n_lost = len(big) - big.column("lost_events").null_count
+            self.stats.lost_events += n_lost
+            self.stats.flows += big.num_rows - n_lost
+            if own is not None and n_lost:
+                own.lost_events.labels(source=chunks[0].source).inc(n_lost)
+            if self.hubble_metrics is not None:
+                self.hubble_metrics.observe(big)
+            t_metrics = time.perf_counter()
+            if self.engine is not None:
+                self.engine.process(big)
+                new = self._emit(self.engine.drain(), chunks)
+                if self.engine.t_max is not None:
+                    self.newest_flow_ns = self.engine.t_max
+            elif "time" in big.column_names:
+                self._note_time(big)
+            if own is not None:
+                # last: once this counter covers a flow, every metric and alert of it is out
+                own.flows_processed.inc(big.num_rows - n_lost)
+                own.batch_seconds.labels(stage="decode").observe(p.decode_s)
+                own.batch_seconds.labels(stage="metrics").observe(t_metrics - t_decode)
+                own.batch_seconds.labels(stage="detect").observe(time.perf_counter() - t_metrics)
+        for ch in chunks:
+            if ch.commit is not None:
+                ch.commit()
+        self.stats.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(self.stats)
+        return new
+
+    def _note_time(self, big: pa.Table) -> None:
+        try:
+            t = pc.max(pc.cast(pc.cast(big.column("time"), pa.timestamp("ns", tz="UTC")), pa.int64())).as_py()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return
+        if t is not None and (self.newest_flow_ns is None or t > self.newest_flow_ns):
+            self.newest_flow_ns = t
+
+    def _emit(self, alerts: list[Alert], chunks: list[Chunk]) -> list[dict[str, Any]]:
+        picked = [a for a in alerts if SEVERITIES.index(a.severity) >= self._min_sev]
+        if not picked:
+            return []
+        out = [a.to_json() for a in picked]
+        for o in self.alert_outputs:
+            o.submit(out)
+        # latency is counted from the oldest chunk of the batch: an upper bound for every alert in it
+        lat = (time.monotonic_ns() - min(ch.received_ns for ch in chunks)) / 1e9
+        self.stats.alerts += len(out)
+        self.stats.latencies_s.extend([lat] * len(out))
+        if len(self.stats.latencies_s) > 10_000:
+            del self.stats.latencies_s[:-10_000]
+        if self.own is not None:
+            for a in picked:
+                self.own.alerts.labels(rule=a.rule, severity=a.severity, category=a.category).inc()
+                self.own.alert_latency.observe(lat)
+        return out

@@ -1,0 +1,220 @@
+"""`flowtrail run`, end to end: a held-out attack capture is followed as it grows, /metrics is
+scraped, the alert file read, and the process stopped with SIGTERM. Streaming must equal batch:
+the alerts are those `flowtrail detect` finds in the same file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from flowtrail.detect.engine import Engine
+from flowtrail.detect.features import Enrichment
+from flowtrail.detect.rules import load_rules
+from flowtrail.monitor.config import ConfigError, load
+from flowtrail.monitor.queue import ChunkQueue
+from flowtrail.sources.chunk import Chunk
+from flowtrail.sources.decode import Decoder
+
+REPO = Path(__file__).resolve().parents[1]
+FT = str(REPO / ".venv" / "bin" / "flowtrail")
+SCENARIOS = ["port-scan", "dns-c2", "kube-api", "exfiltration", "namespace-breach", "drop-spike"]
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A held-out capture: a seed and start time no rule fixture or other test uses."""
+    path = tmp_path_factory.mktemp("cap") / "capture.jsonl"
+    cmd = [FT, "simulate", "-q", "--duration", "4m", "--seed", "4242", "--start", "2026-11-29T13:00:00Z",
+           "--rate", "400", "-o", str(path)]
+    for s in SCENARIOS:
+        cmd += ["--scenario", s]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def batch_alerts(capture: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([FT, "detect", str(capture), "-o", "json"], check=True, capture_output=True).stdout
+    return [orjson.loads(x) for x in out.splitlines()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _wait(pred: Any, timeout: float = 30.0) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for ln in text.splitlines():
+        if ln.startswith(name + " ") or ln.startswith(name + "{"):
+            total += float(ln.rsplit(" ", 1)[1])
+    return total
+
+
+def test_engine_drain_in_small_batches_equals_batch(capture: Path) -> None:
+    rules = load_rules()
+    whole = Engine(rules, Enrichment())
+    dec = Decoder(whole.paths)
+    table = dec.decode_block(capture.read_bytes(), str(capture)).table
+    assert table is not None
+    whole.process(table)
+    expected = {(a.id, a.rule) for a in whole.alerts()}
+    live = Engine(load_rules(), Enrichment())
+    got: list[tuple[str, str]] = []
+    for off in range(0, table.num_rows, 777):
+        live.process(table.slice(off, 777))
+        got.extend((a.id, a.rule) for a in live.drain())
+    assert len(got) == len(set(got)), "an alert was emitted twice"
+    assert set(got) == expected
+    assert expected
+
+
+def test_run_follows_a_growing_capture_like_detect(capture: Path, batch_alerts: list[dict[str, Any]],
+                                                   tmp_path: Path) -> None:
+    live = tmp_path / "events.log"
+    alerts = tmp_path / "alerts.jsonl"
+    state = tmp_path / "state"
+    port = _free_port()
+    lines = capture.read_bytes().splitlines(keepends=True)
+    live.write_bytes(b"".join(lines[: len(lines) // 3]))
+    proc = subprocess.Popen([FT, "run", "--input-file", str(live), "--alerts-file", str(alerts),
+                             "--metrics-listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
+                            stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait(lambda: _get(base + "/readyz")[0] == 200 if _port_open(port) else False)
+        assert _get(base + "/healthz")[0] == 200
+        # the rest arrives while it runs, as an exporter appends it, in a few bursts
+        rest = lines[len(lines) // 3:]
+        step = len(rest) // 4 + 1
+        for i in range(0, len(rest), step):
+            with open(live, "ab") as fh:
+                fh.write(b"".join(rest[i:i + step]))
+            time.sleep(0.3)
+        n = len(lines)
+        _wait(lambda: _metric(_get(base + "/metrics")[1].decode(), "flowtrail_flows_processed_total") >= n)
+        text = _get(base + "/metrics")[1].decode()
+        assert _metric(text, "hubble_flows_processed_total") == n
+        assert _metric(text, "hubble_drop_total") > 0
+        assert _metric(text, "flowtrail_alerts_total") == len(batch_alerts)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    got = [orjson.loads(x) for x in alerts.read_bytes().splitlines()]
+    assert sorted(a["id"] for a in got) == sorted(a["id"] for a in batch_alerts)
+    assert {a["category"] for a in got} >= {"scan", "dns-c2", "kube-api", "external-egress", "drop-spike"}
+    # a restart resumes after the last line: nothing is read (or alerted) twice
+    proc = subprocess.Popen([FT, "run", "--once", "--input-file", str(live), "--alerts-file", str(alerts),
+                             "--state-dir", str(state)], stderr=subprocess.PIPE)
+    assert proc.wait(60) == 0
+    assert len(alerts.read_bytes().splitlines()) == len(got)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_stdin_replay_equals_detect(capture: Path, batch_alerts: list[dict[str, Any]]) -> None:
+    with open(capture, "rb") as fh:
+        out = subprocess.run([FT, "run", "--input-file", "-", "--log-level", "warning"], stdin=fh,
+                             capture_output=True, check=True, timeout=120).stdout
+    got = [orjson.loads(x) for x in out.splitlines()]
+    assert sorted(a["id"] for a in got) == sorted(a["id"] for a in batch_alerts)
+
+
+def test_bad_lines_are_counted_and_never_stop_the_stream(capture: Path, tmp_path: Path) -> None:
+    lines = capture.read_bytes().splitlines(keepends=True)[:2000]
+    bad = [*lines[:500], b'{"flow":{"verdict":"FORWARDED"\n', b"\x00\xff garbage\n", *lines[500:]]
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(b"".join(bad))
+    r = subprocess.run([FT, "run", "--once", "--input-file", str(src), "--log-format", "json",
+                        "--alerts-file", str(tmp_path / "a.jsonl")], capture_output=True, timeout=120)
+    assert r.returncode == 0
+    logs = [orjson.loads(x) for x in r.stderr.splitlines()]
+    warned = [x for x in logs if "bad line" in x["msg"]]
+    assert len(warned) == 2 and f"{src}:501" in warned[0]["msg"] and f"{src}:502" in warned[1]["msg"]
+    done = next(x for x in logs if x["msg"] == "monitor stopped")
+    assert done["decode_errors"] == 2 and done["flows"] == 2000
+
+
+def test_config_errors_name_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "flowtrail.yaml"
+    p.write_text("sources:\n  - type: file\n    path: /x\npipeline:\n  overload: sometimes\n")
+    with pytest.raises(ConfigError, match=r"flowtrail.yaml:5: pipeline/overload"):
+        load(str(p))
+    r = subprocess.run([FT, "run", "--config", str(p)], capture_output=True, text=True)
+    assert r.returncode != 0 and "flowtrail.yaml:5" in r.stderr
+    default = subprocess.run([FT, "run", "--print-default-config"], capture_output=True, text=True, check=True).stdout
+    p.write_text(default)
+    assert load(str(p))["pipeline"]["overload"] == "block"
+
+
+def test_queue_sheds_by_policy_and_counts() -> None:
+    shed: list[int] = []
+    q = ChunkQueue(max_bytes=20, on_shed=lambda ch: shed.append(ch.lines))
+    stop = threading.Event()
+    mk = lambda n: Chunk(b"x\n" * n, "t", 1, time.monotonic_ns())  # noqa: E731
+    assert q.put(mk(6), "shed", stop)
+    assert not q.put(mk(6), "shed", stop)  # does not fit: shed, counted
+    assert q.put(mk(4), "shed", stop)
+    assert shed == [6] and q.shed_lines == 6 and q.lines == 10
+    # block: the producer waits until the consumer makes room
+    t = threading.Thread(target=lambda: q.put(mk(5), "block", stop))
+    t.start()
+    time.sleep(0.1)
+    assert t.is_alive()
+    got = q.get_batch(100, 0.0, 0.1)
+    assert sum(c.lines for c in got) == 10
+    t.join(2)
+    assert not t.is_alive() and q.lines == 5
+
+
+def test_lost_events_raise_one_flow_gap_alert_per_gap() -> None:
+    eng = Engine(load_rules(), Enrichment())
+    dec = Decoder(eng.paths)
+    lost = (b'{"lost_events":{"source":"HUBBLE_RING_BUFFER","num_events_lost":"17","cpu":null},'
+            b'"node_name":"kind-worker","time":"2026-11-29T13:00:%02dZ"}\n')
+    t: pa.Table | None = dec.decode_block(lost % 1 + lost % 5).table
+    assert t is not None
+    eng.process(t)
+    first = eng.drain()
+    assert [a.category for a in first] == ["flow-gap"] and first[0].count == 2
+    later = dec.decode_block(lost.replace(b"13:00", b"13:20") % 0).table
+    assert later is not None
+    eng.process(later)
+    assert [a.category for a in eng.drain()] == ["flow-gap"]
+    assert os.environ.get("TZ") == "UTC"
