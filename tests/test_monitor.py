@@ -218,3 +218,75 @@ def test_lost_events_raise_one_flow_gap_alert_per_gap() -> None:
     eng.process(later)
     assert [a.category for a in eng.drain()] == ["flow-gap"]
     assert os.environ.get("TZ") == "UTC"
+
+
+@pytest.fixture(scope="module")
+def small_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("small") / "capture.jsonl"
+    subprocess.run([FT, "simulate", "-q", "--duration", "3m", "--seed", "99", "--start", "2026-11-29T15:00:00Z",
+                    "--rate", "60", "--scenario", "port-scan", "--scenario", "kube-api", "--scenario", "dns-c2",
+                    "-o", str(path)], check=True)
+    return path
+
+
+def test_run_over_a_relay_that_cuts_the_stream_equals_detect(small_capture: Path, tmp_path: Path) -> None:
+    from flowtrail.lab.relay_server import ReplayOptions, ReplayServer
+    expected = sorted(orjson.loads(x)["id"] for x in subprocess.run(
+        [FT, "detect", str(small_capture), "-o", "json"], check=True, capture_output=True).stdout.splitlines())
+    assert expected
+    n = len(small_capture.read_bytes().splitlines())
+    alerts = tmp_path / "alerts.jsonl"
+    port = _free_port()
+    with ReplayServer(small_capture, "127.0.0.1:0", ReplayOptions(cut_after=n // 4, cut_every=True)) as srv:
+        # --since: the history the relay holds (without it, a follow starts at "now", like hubble observe -f)
+        proc = subprocess.Popen([FT, "run", "--relay", f"127.0.0.1:{srv.port}", "--since", "2026-11-29T00:00:00Z",
+                                 "--alerts-file", str(alerts),
+                                 "--metrics-listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait(lambda: _port_open(port), 30)
+            _wait(lambda: _metric(_get(base + "/metrics")[1].decode(), "flowtrail_flows_processed_total") >= n, 60)
+            text = _get(base + "/metrics")[1].decode()
+            assert _metric(text, "flowtrail_flows_processed_total") == n  # nothing repeated
+            assert _metric(text, "flowtrail_source_reconnects_total") >= 3  # the stream was cut
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    got = sorted(orjson.loads(x)["id"] for x in alerts.read_bytes().splitlines())
+    assert got == expected
+
+
+def test_run_enriches_stripped_flows_before_export_and_detection(small_capture: Path, tmp_path: Path) -> None:
+    """Retina on another CNI: IPs only. The kubectl snapshot restores pods, namespaces and labels
+    before the exporter writes the flows and before the rules see them."""
+    from flowtrail.lab.cluster import load_cluster
+    from tests.test_enrich_k8s import _strip, lab_snapshot
+    original = small_capture.read_bytes().splitlines()
+    stripped = tmp_path / "retina.jsonl"
+    stripped.write_bytes(b"\n".join(_strip(original)) + b"\n")
+    snap = tmp_path / "snapshot.json"
+    snap.write_bytes(orjson.dumps(lab_snapshot(load_cluster(None, 99))))
+    exported, alerts = tmp_path / "export" / "flows.log", tmp_path / "alerts.jsonl"
+    cfg = tmp_path / "flowtrail.yaml"
+    cfg.write_text(f"""
+sources: [{{type: file, path: "{stripped}"}}]
+enrich: {{kubernetes: {{snapshot: "{snap}", cluster: prod-eu1}}}}
+alerts: [{{type: file, path: "{alerts}"}}]
+export:
+  - name: pods
+    filePath: "{exported}"
+    includeFilters: [{{source_pod: ["dev/"]}}]
+""")
+    r = subprocess.run([FT, "run", "--config", str(cfg), "--once"], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    want = [orjson.loads(x) for x in original]
+    want = [e for e in want if e.get("flow", {}).get("source", {}).get("namespace") == "dev"]
+    got = [orjson.loads(x) for x in exported.read_bytes().splitlines()]
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want, strict=True):
+        for k in ("namespace", "pod_name", "labels", "workloads"):
+            assert g["flow"]["source"].get(k) == w["flow"]["source"].get(k)
+    rules = {orjson.loads(x)["rule"] for x in alerts.read_bytes().splitlines()}
+    assert any(r.startswith("scan.") for r in rules), rules
