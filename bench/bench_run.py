@@ -144,11 +144,13 @@ def latency(args: argparse.Namespace) -> list[str]:
         live.touch()
         port = free_port()
         proc = subprocess.Popen([FT, "run", "--input-file", str(live), "--alerts-file", str(alerts),
-                                 "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"])
+                                 "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning",
+                                 *(["--config", args.config] if args.config else [])])
         time.sleep(3)  # start-up (imports, rule compilation) is not latency
         written_t: list[int] = []  # flow time of the last line of each write
         written_w: list[float] = []  # wall clock of that write
         seen: dict[str, float] = {}
+        rules: dict[str, str] = {}
         stop = threading.Event()
 
         def watch() -> None:
@@ -164,6 +166,7 @@ def latency(args: argparse.Namespace) -> list[str]:
                         a = orjson.loads(ln)
                         seen.setdefault(a["id"], now)
                         seen[a["id"] + "#t"] = _ns(a["detected_at"]) / 1e9
+                        rules[a["id"]] = a["rule"]
                     pos += cut
                 time.sleep(0.005)
 
@@ -188,6 +191,7 @@ def latency(args: argparse.Namespace) -> list[str]:
         proc.terminate()
         rc = proc.wait(30)
         lats = []
+        worst: list[tuple[float, str, int]] = []
         for k, at in seen.items():
             if k.endswith("#t"):
                 continue
@@ -195,6 +199,10 @@ def latency(args: argparse.Namespace) -> list[str]:
             idx = bisect.bisect_left(written_t, det_ns)
             if idx < len(written_w):
                 lats.append(at - written_w[idx])
+                worst.append((at - written_w[idx], rules.get(k, "?"), det_ns))
+        worst.sort(reverse=True)
+        for lat, rule, det in worst[:5]:
+            print(f"  slowest: {lat * 1000:6.0f} ms  {rule}  (flow time +{(det - int(times[0])) / 1e9:.1f}s)")
         lats.sort()
         out = [f"paced {len(lines):,} flows at {args.rate:,}/s for {args.seconds}s; {len(lats)} alerts; exit code {rc}"]
         if lats:
@@ -296,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rate", type=int, default=None)
     ap.add_argument("--seconds", type=int, default=None)
+    ap.add_argument("--config", default=None, help="flowtrail run --config for the monitor under test")
     args = ap.parse_args(argv)
     if args.mode == "throughput":
         throughput(args)

@@ -212,7 +212,9 @@ def test_lost_events_raise_one_flow_gap_alert_per_gap() -> None:
     assert t is not None
     eng.process(t)
     first = eng.drain()
-    assert [a.category for a in first] == ["flow-gap"] and first[0].count == 2
+    # the count is of events lost (num_events_lost), the records are in the details
+    assert [a.category for a in first] == ["flow-gap"] and first[0].count == 34
+    assert first[0].details["lost_records"] == 2
     later = dec.decode_block(lost.replace(b"13:00", b"13:20") % 0).table
     assert later is not None
     eng.process(later)

@@ -58,7 +58,9 @@ def _apply_flags(cfg: dict[str, Any], **f: Any) -> dict[str, Any]:
         cfg["enrich"]["kubernetes"] = {"snapshot": list(f["k8s_snapshot"])}
     elif f["kubeconfig"] or f["in_cluster"]:
         cfg["enrich"]["kubernetes"] = {"watch": True, "kubeconfig": f["kubeconfig"], "in_cluster": f["in_cluster"]}
-    if f["cluster_name"] and cfg["enrich"]["kubernetes"]:
+    if f["cluster_name"]:
+        if not cfg["enrich"]["kubernetes"]:
+            raise ConfigError("--cluster-name needs Kubernetes enrichment (--k8s-snapshot, --kubeconfig or --in-cluster)")
         cfg["enrich"]["kubernetes"]["cluster"] = f["cluster_name"]
     if f["log_level"]:
         cfg["log"]["level"] = f["log_level"]
@@ -108,7 +110,11 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
                                 tls_client_cert_file=s.get("tls_client_cert_file"),
                                 tls_client_key_file=s.get("tls_client_key_file"),
                                 tls_server_name=s.get("tls_server_name"))
-            src = RelaySource(opts)
+            from flowtrail.sources.relay import RelayError
+            try:
+                src = RelaySource(opts)
+            except RelayError as exc:
+                raise ConfigError(f"sources[{i}] (relay): {exc}") from None
             if s.get("overload"):
                 src.overload = s["overload"]  # type: ignore[attr-defined]
             sources.append(src)
@@ -190,7 +196,8 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
                               batch_max_delay_s=cfgmod.duration_s(p["batch_max_delay"], "pipeline.batch_max_delay"),
                               queue_max_bytes=int(p["queue_max_mb"] * (1 << 20)), overload=p["overload"],
                               shutdown_timeout_s=cfgmod.duration_s(p["shutdown_timeout"], "pipeline.shutdown_timeout"),
-                              min_severity=det["min_severity"])
+                              min_severity=det["min_severity"],
+                              decode_workers=_workers(p["decode_workers"]))
     monitor = Monitor(sources, engine, alert_outputs=alert_outputs, flow_outputs=flow_outputs,
                       flow_filter=flow_filter, enricher=enricher, hubble_metrics=hubble, own_metrics=own,
                       options=options)
@@ -207,6 +214,13 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
         from flowtrail.metrics.http import MetricsServer
         server = MetricsServer(cfg["metrics"]["listen"], registry, monitor.health, monitor.ready)
     return monitor, server
+
+
+def _workers(value: int | str) -> int:
+    if value != "auto":
+        return int(value)
+    import os
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _slug(path: str) -> str:
@@ -285,4 +299,7 @@ def run_cmd(config_path: str | None, print_default_config: bool, once: bool, **f
     log.info("monitor stopped", extra={"lines": st.lines, "flows": st.flows, "alerts": st.alerts,
                                         "decode_errors": st.decode_errors, "shed_lines": st.shed_lines,
                                         "lost_events": st.lost_events})
+    if monitor.failed:
+        log.error("exiting with an error: %s", "; ".join(monitor.failed))
+        sys.exit(1)
     sys.exit(0)

@@ -288,7 +288,13 @@ class Engine:
                 remediation="Raise the Hubble event buffer (hubble.eventBufferCapacity) or the relay's buffer, "
                             "or reduce monitor aggregation load; check `hubble observe` for LOST events.")
             self.lost_alerts.append(a)
-        a.count += n
+        # count events lost, not records: one record reports a whole burst
+        try:
+            lost_n = pc.fill_null(pc.cast(pc.struct_field(rows.column("lost_events"), "num_events_lost"), pa.int64()), 1)
+            a.count += int(pc.sum(lost_n).as_py() or n)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            a.count += n
+        a.details["lost_records"] = a.details.get("lost_records", 0) + n
         a.last_seen = max(a.last_seen, t1)
 
     # ------------------------------------------------------------------ results

@@ -37,7 +37,7 @@ attribute / metric                          meaning
 ``sink_spooled``                            alerts waiting in a sink's retry spool
   ``flowtrail_sink_spooled{sink}``
 ``export_flows``                            flows offered to a flow exporter, by outcome: ``exported``,
-  ``flowtrail_export_flows_total{exporter,outcome}``  ``filtered``, ``sampled``, ``rate_limited``, ``error``
+  ``flowtrail_export_flows_total{exporter,outcome}``  ``filtered``, ``expired``, ``sampled``, ``rate_limited``, ``errors``, ``dropped``
 ``source_reconnects``                       reconnections of a streaming source (Hubble Relay, agent)
   ``flowtrail_source_reconnects_total{source}``
 ``source_connected``                        1 while a streaming source is connected, else 0

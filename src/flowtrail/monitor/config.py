@@ -30,7 +30,7 @@ sources: []              # - {type: file, path: /var/run/cilium/hubble/events.lo
                          # - {type: relay, address: hubble-relay.kube-system.svc:80, tls: false}
                          # - {type: stdin}
 state_dir: null          # offsets of followed files (restart resumes after the last line processed)
-filter:                  # Hubble FlowFilters (JSON field names) applied before everything else
+filter:                  # Hubble FlowFilters (JSON field names); after enrichment, before metrics, export, detection
   allow: []
   deny: []
 enrich:
@@ -59,6 +59,8 @@ pipeline:
   overload: block        # block: sources wait (files, stdin: nothing is lost, lag grows)
                          # shed: chunks that do not fit are dropped and counted (flowtrail_flows_shed_total)
   shutdown_timeout: 10s  # SIGTERM: time allowed to drain the queue and flush the sinks
+  decode_workers: 0      # extra processes decoding JSON (0: a decode thread in this process; on 2 CPUs the
+                         # processes measured slower than the thread, see docs/benchmarks.md)
 log:
   level: info
   format: json           # json (one object per line on stderr) or text
@@ -120,7 +122,8 @@ SCHEMA: dict[str, Any] = {
             "batch_max_delay": _DURATION,
             "queue_max_mb": {"type": "number", "exclusiveMinimum": 0},
             "overload": {"enum": ["block", "shed"]},
-            "shutdown_timeout": _DURATION}},
+            "shutdown_timeout": _DURATION,
+            "decode_workers": {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 0, "maximum": 64}]}}},
         "log": {"type": "object", "additionalProperties": False, "properties": {
             "level": {"enum": ["debug", "info", "warning", "error"]},
             "format": {"enum": ["json", "text"]}}},

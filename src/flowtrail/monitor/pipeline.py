@@ -6,9 +6,9 @@ Each source runs in its own thread and puts chunks of raw lines on one bounded q
 stage on the batch as a whole. The detection engine keeps its window state between batches, so the
 alerts equal those of `flowtrail detect` over the same flows, however they were cut into batches.
 
-Offsets of followed files are committed only after a batch's alerts were handed to the sinks (which
-spool them to disk before acknowledging), so a crash repeats at most the last batch and a clean stop
-repeats nothing.
+Offsets of followed files are committed only after a batch's alerts are on the sinks' disk spools
+(when a spool directory is configured), so a crash loses no alert and repeats at most the lines
+read since the last saved offset (saved at most 5 times a second); a clean stop repeats nothing.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class PipelineOptions:
     overload: str = "block"
     shutdown_timeout_s: float = 10.0
     min_severity: str = "info"
+    decode_workers: int = 0  # worker processes for decoding; 0: decode in the monitor's own decode thread
 
 
 @dataclass
@@ -117,6 +118,10 @@ class Monitor:
         for fo in self.flow_outputs:
             paths |= set(fo.paths)
         self.decoder = Decoder(sorted(paths))
+        self.pool = None
+        if self.opts.decode_workers > 0:
+            from flowtrail.monitor.decodepool import DecodePool
+            self.pool = DecodePool(paths, self.opts.decode_workers)
         self._min_sev = SEVERITIES.index(self.opts.min_severity)
         self.stop_sources = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -126,15 +131,17 @@ class Monitor:
         self.newest_flow_ns: int | None = None
         self._synced: dict[tuple[str, ...], int] = {}
         self._prepared: queue.Queue[_Prepared | None] = queue.Queue(maxsize=2)
+        self.failed: list[str] = []  # sources that ended with an error
         self._stage_done = threading.Event()
         self._last_gauges = 0.0
 
     # -- health ---------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
         stalled = time.monotonic() - self.heartbeat
-        ok = stalled < max(30.0, 10 * self.opts.batch_max_delay_s)
-        return ok, {"status": "ok" if ok else "stalled", "processor_idle_s": round(stalled, 3),
-                    "queue_lines": self.queue.lines}
+        ok = stalled < max(30.0, 10 * self.opts.batch_max_delay_s) and not self.failed
+        return ok, {"status": "ok" if ok else ("source failed" if self.failed else "stalled"),
+                    "processor_idle_s": round(stalled, 3), "queue_lines": self.queue.lines,
+                    **({"failed": self.failed} if self.failed else {})}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         conn = {s.name: bool(s.stats.get("connected", True)) for s in self.sources}
@@ -154,8 +161,11 @@ class Monitor:
         try:
             for ch in src.chunks(self.stop_sources):
                 self.queue.put(ch, policy, self.stop_sources)
-        except Exception:
-            log.exception("source %s failed", src.name)
+        except Exception as exc:
+            # a source that cannot go on (bad TLS files, a filter the relay rejects) ends the
+            # monitor with an error, so a supervisor restarts it and the failure is visible
+            log.error("source %s failed: %s", src.name, exc, exc_info=not _expected(exc))
+            self.failed.append(f"{src.name}: {exc}")
         finally:
             self._source_done[src.name] = True
 
@@ -185,6 +195,8 @@ class Monitor:
         ended = False
         while not stop.is_set():
             self.heartbeat = time.monotonic()
+            if self.failed and self.sources_done() and not len(self.queue):
+                break
             if exit_when_sources_end and self.sources_done():
                 self._stage_done.set()  # the decode stage drains the queue, then ends the stream
             try:
@@ -246,6 +258,8 @@ class Monitor:
             close = getattr(src, "close", None)
             if close is not None:
                 close()
+        if self.pool is not None:
+            self.pool.close()
         self._gauges()
 
     def _gauges(self) -> None:
@@ -291,8 +305,13 @@ class Monitor:
         own = self.own
         tables: list[pa.Table] = []
         logged = 0
-        for ch in chunks:
-            dec = self.decoder.decode_block(ch.data, ch.source, ch.first_line)
+        futures = [self.pool.submit(ch) for ch in chunks] if self.pool is not None else None
+        for i, ch in enumerate(chunks):
+            if futures is not None:
+                assert self.pool is not None
+                dec = self.pool.result(futures[i], ch)
+            else:
+                dec = self.decoder.decode_block(ch.data, ch.source, ch.first_line)
             self.stats.lines += dec.stats.lines
             if dec.errors:
                 self.stats.decode_errors += len(dec.errors)
@@ -306,7 +325,7 @@ class Monitor:
             if table is None or table.num_rows == 0:
                 continue
             if own is not None:
-                own.flows_received.labels(source=ch.source).inc(table.num_rows)
+                own.flows_received.labels(source=ch.source).inc(dec.stats.flows)
             if self.enricher is not None:
                 table, rows, n = self.enricher.enrich(table, rows)
                 self.stats.enriched += n
@@ -334,13 +353,16 @@ class Monitor:
         new: list[dict[str, Any]] = []
         if tables:
             big = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-            n_lost = 0
+            n_lost = lost_total = 0
             if "lost_events" in big.column_names:
-                n_lost = len(big) - big.column("lost_events").null_count
-            self.stats.lost_events += n_lost
+                lost = big.column("lost_events")
+                n_lost = len(big) - lost.null_count
+                if n_lost:
+                    lost_total = _num_lost(lost, n_lost)
+            self.stats.lost_events += lost_total
             self.stats.flows += big.num_rows - n_lost
-            if own is not None and n_lost:
-                own.lost_events.labels(source=chunks[0].source).inc(n_lost)
+            if own is not None and lost_total:
+                own.lost_events.labels(source=chunks[0].source).inc(lost_total)
             if self.hubble_metrics is not None:
                 self.hubble_metrics.observe(big)
             t_metrics = time.perf_counter()
@@ -375,11 +397,17 @@ class Monitor:
 
     def _emit(self, alerts: list[Alert], chunks: list[Chunk]) -> list[dict[str, Any]]:
         picked = [a for a in alerts if SEVERITIES.index(a.severity) >= self._min_sev]
+        if self.own is not None:
+            for a in alerts:
+                if SEVERITIES.index(a.severity) < self._min_sev:
+                    self.own.alerts_suppressed.labels(rule=a.rule, reason="min_severity").inc()
         if not picked:
             return []
         out = [a.to_json() for a in picked]
         for o in self.alert_outputs:
             o.submit(out)
+            # on disk before the offsets of the lines they came from are committed
+            o.persist()
         # latency is counted from the oldest chunk of the batch: an upper bound for every alert in it
         lat = (time.monotonic_ns() - min(ch.received_ns for ch in chunks)) / 1e9
         self.stats.alerts += len(out)
@@ -391,3 +419,17 @@ class Monitor:
                 self.own.alerts.labels(rule=a.rule, severity=a.severity, category=a.category).inc()
                 self.own.alert_latency.observe(lat)
         return out
+
+
+def _num_lost(lost: Any, records: int) -> int:
+    """Events lost according to the records' num_events_lost (a record without it counts as one)."""
+    try:
+        n = pc.fill_null(pc.cast(pc.struct_field(lost, "num_events_lost"), pa.int64()), 1)
+        return int(pc.sum(pc.if_else(pc.is_valid(lost), n, 0)).as_py() or 0)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return records
+
+
+def _expected(exc: BaseException) -> bool:
+    """Errors that explain themselves (no traceback in the log)."""
+    return type(exc).__name__ in ("RelayError", "OSError", "FileNotFoundError", "PermissionError")

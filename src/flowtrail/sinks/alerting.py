@@ -199,6 +199,11 @@ class Delivery:
             # The worker is busy with a slow send: park the queue on the spool ourselves.
             self._drain_inbox()
 
+    def persist(self) -> bool:
+        """Put what was submitted on the spool now (fsync'd) instead of when the worker gets to it:
+        the monitor calls this before it commits the input offsets the alerts came from."""
+        return self._drain_inbox()
+
     def _drain_inbox(self) -> bool:
         """Move the in-memory queue to the spool, in order; False on a disk error."""
         with self._append_lock:  # one mover at a time keeps the spool in submit order
