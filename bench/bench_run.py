@@ -13,8 +13,9 @@ latency: a lab capture with attack scenarios is appended to a file at `--rate` f
     the flow that triggered it (the alert's `detected_at`) was written. Also reports the monitor's
     own histogram (arrival → handed to the sinks) from /metrics.
 soak: the lab simulator streams through a pacer at `--rate` flows/s into `flowtrail run
-    --input-file -` for `--seconds`; the monitor's RSS is sampled every 5 s. Flat memory means the
-    slope over the second half stays within noise.
+    --input-file - --overload shed` for `--seconds`; the monitor's RSS is sampled every 5 s. Flat
+    memory means the slope over the second half stays within noise; what the monitor could not
+    take is shed and counted (flowtrail_flows_shed_total), never silently lost.
 """
 
 from __future__ import annotations
@@ -242,8 +243,8 @@ def soak(args: argparse.Namespace) -> list[str]:
                             "--rate", str(args.rate), "--scenario", "port-scan", "--scenario", "dns-c2"],
                            stdout=subprocess.PIPE)
     port = free_port()
-    mon = subprocess.Popen([FT, "run", "--input-file", "-", "--alerts-file", os.devnull,
-                            "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+    mon = subprocess.Popen([FT, "run", "--input-file", "-", "--alerts-file", os.devnull, "--overload", args.overload,
+                            "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "error"],
                            stdin=subprocess.PIPE)
     assert sim.stdout is not None and mon.stdin is not None
     samples: list[tuple[float, float]] = []
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=None)
     ap.add_argument("--seconds", type=int, default=None)
     ap.add_argument("--config", default=None, help="flowtrail run --config for the monitor under test")
+    ap.add_argument("--overload", choices=["block", "shed"], default="shed", help="soak: the monitor's overload policy")
     args = ap.parse_args(argv)
     if args.mode == "throughput":
         throughput(args)

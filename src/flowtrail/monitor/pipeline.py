@@ -305,8 +305,9 @@ class Monitor:
         own = self.own
         tables: list[pa.Table] = []
         logged = 0
-        futures = [self.pool.submit(ch) for ch in chunks] if self.pool is not None else None
-        for i, ch in enumerate(chunks):
+        blocks = _merged(chunks)
+        futures = [self.pool.submit(ch) for ch in blocks] if self.pool is not None else None
+        for i, ch in enumerate(blocks):
             if futures is not None:
                 assert self.pool is not None
                 dec = self.pool.result(futures[i], ch)
@@ -419,6 +420,35 @@ class Monitor:
                 self.own.alerts.labels(rule=a.rule, severity=a.severity, category=a.category).inc()
                 self.own.alert_latency.observe(lat)
         return out
+
+
+MERGE_MAX_BYTES = 8 << 20
+
+
+def _merged(chunks: list[Chunk]) -> list[Chunk]:
+    """Consecutive chunks of one source joined into blocks of up to MERGE_MAX_BYTES: a pipe or a
+    relay hands over a few dozen lines at a time, and each decode call has a fixed cost that would
+    otherwise dominate (measured: 35-line chunks from a pipe ran 7x slower)."""
+    out: list[Chunk] = []
+    run: list[Chunk] = []
+    size = 0
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(Chunk(b"".join(c.data for c in run), run[0].source, run[0].first_line,
+                             run[0].received_ns, None, sum(c.lines for c in run)))
+
+    for ch in chunks:
+        if run and (ch.source != run[-1].source or ch.first_line != run[-1].first_line + run[-1].lines
+                    or size + len(ch.data) > MERGE_MAX_BYTES or not run[-1].lines):
+            flush()
+            run, size = [], 0
+        run.append(ch)
+        size += len(ch.data)
+    flush()
+    return out
 
 
 def _num_lost(lost: Any, records: int) -> int:
