@@ -23,6 +23,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from common import measured  # noqa: E402
+
 JQ = (
     'select((.flow.destination.labels // [] | index("reserved:kube-apiserver")) and '
     '((.flow.source.namespace // "") | IN("kube-system","monitoring") | not)) // '
@@ -62,19 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             walls, rsss, out = [], [], 0
             for _ in range(reps):
-                # ru_maxrss of children is a high-water mark; measure each run in a fresh child
-                proc = subprocess.run([sys.executable, "-c",
-                                       "import resource,subprocess,sys,time;t=time.perf_counter();"
-                                       "p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE,stderr=subprocess.DEVNULL);"
-                                       "w=time.perf_counter()-t;r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
-                                       "print(w,r,p.stdout.count(b'\\n'),p.returncode)", *cmd],
-                                      capture_output=True, text=True, check=True)
-                w, r, n, rc = proc.stdout.split()
-                if int(rc) != 0:
-                    raise RuntimeError(f"{name} exited {rc}")
-                walls.append(float(w))
-                rsss.append(int(r))
-                out = int(n)
+                w, r, n = measured(cmd)
+                walls.append(w)
+                rsss.append(r)
+                out = n
             med = statistics.median(walls)
             results.append((name, med, args.flows / med, max(rsss) / 1024, out))
             print(f"{name:<60} {med:7.2f} s {args.flows / med:>10,.0f} flows/s  peak RSS {max(rsss) / 1024:7.0f} MB"

@@ -26,7 +26,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,9 @@ import numpy as np
 import orjson
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from common import free_port, measured  # noqa: E402
+
 FT = str(REPO / ".venv" / "bin" / "flowtrail")
 JQ = (
     'select((.flow.destination.labels // [] | index("reserved:kube-apiserver")) and '
@@ -50,26 +52,6 @@ JQ = (
 SCENARIOS = ["port-scan", "policy-gap", "exfiltration", "dns-c2", "kube-api", "namespace-breach", "drop-spike",
              "ip-sweep"]
 TIME_RE = re.compile(rb'"time":"([^"]+)"\}?\s*$')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def measured(cmd: list[str]) -> tuple[float, int, int]:
-    """(wall s, peak RSS KiB, stdout lines) of cmd run in a fresh child (ru_maxrss is a high-water mark)."""
-    proc = subprocess.run([sys.executable, "-c",
-                           "import resource,subprocess,sys,time;t=time.perf_counter();"
-                           "p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE,stderr=subprocess.DEVNULL);"
-                           "w=time.perf_counter()-t;r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
-                           "print(w,r,p.stdout.count(b'\\n'),p.returncode)", *cmd],
-                          capture_output=True, text=True, check=True)
-    w, r, n, rc = proc.stdout.split()
-    if int(rc) != 0:
-        raise RuntimeError(f"{cmd} exited {rc}")
-    return float(w), int(r), int(n)
 
 
 # ---------------------------------------------------------------------------------------- throughput

@@ -32,6 +32,7 @@ from flowtrail.sinks.alerting import (
 )
 from flowtrail.sinks.spool import DiskSpool, SpoolError
 from flowtrail.sinks.webhook import WebhookSink
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "src" / "flowtrail" / "detect" / "rules" / "fixtures"
@@ -54,12 +55,6 @@ def alerts() -> list[dict[str, Any]]:
 
 def ids(alerts: list[dict[str, Any]]) -> list[str]:
     return [a["id"] for a in alerts]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import requests
 from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.sinks.alerting import Delivery, build_alert_sinks
 from flowtrail.sinks.alertmanager import AlertmanagerSink
+from tests.helpers import free_port, stop_process
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 pytestmark = pytest.mark.skipif(not Path(ALERTMANAGER).exists(),
@@ -43,12 +43,6 @@ def alerts() -> list[dict[str, Any]]:
     out = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(out) >= 20
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Notifications:
@@ -129,13 +123,7 @@ receivers:
         return list(r.json())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import base64
 import gzip
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +26,7 @@ from flowtrail.sinks.fieldmask import FieldMask
 from flowtrail.sinks.splunk import SplunkHecFlowExport
 from flowtrail.sources.decode import Decoder
 from tests.conftest import BUNDLED, REPO, SAMPLES_DIR
+from tests.helpers import free_port
 
 FIXTURES = REPO / "src" / "flowtrail" / "detect" / "rules" / "fixtures"
 FAST = {"flush_interval_s": 0.05, "retry_backoff_s": 0.02, "retry_backoff_max_s": 0.1, "close_timeout_s": 5}
@@ -230,12 +230,6 @@ def servers() -> Iterator[list[Server]]:
     yield made
     for s in made:
         s.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def es_entry(url: str, **kw: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from flowtrail.monitor.config import ConfigError, load
 from flowtrail.monitor.queue import ChunkQueue
 from flowtrail.sources.chunk import Chunk
 from flowtrail.sources.decode import Decoder
+from tests.helpers import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FT = str(REPO / ".venv" / "bin" / "flowtrail")
@@ -48,12 +49,6 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def batch_alerts(capture: Path) -> list[dict[str, Any]]:
     out = subprocess.run([FT, "detect", str(capture), "-o", "json"], check=True, capture_output=True).stdout
     return [orjson.loads(x) for x in out.splitlines()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -292,3 +287,48 @@ export:
             assert g["flow"]["source"].get(k) == w["flow"]["source"].get(k)
     rules = {orjson.loads(x)["rule"] for x in alerts.read_bytes().splitlines()}
     assert any(r.startswith("scan.") for r in rules), rules
+
+
+def _drop_node_after(lines: list[bytes], node: bytes, after: str) -> tuple[list[bytes], int]:
+    """The capture with every line of `node` after flow time `after` removed (the node's agent died)."""
+    out, cut = [], 0
+    for ln in lines:
+        env = orjson.loads(ln)
+        if env.get("node_name", "").encode() == node and env.get("time", "") > after:
+            cut += 1
+            continue
+        out.append(ln)
+    return out, cut
+
+
+def test_node_silence_is_a_flow_gap_in_any_batching(small_capture: Path, tmp_path: Path) -> None:
+    lines = small_capture.read_bytes().splitlines()
+    node = orjson.loads(lines[0])["node_name"].encode()
+    kept, cut = _drop_node_after(lines, node, "2026-11-29T15:01:00")
+    assert cut > 100
+    data = b"\n".join(kept) + b"\n"
+
+    def gaps(step: int) -> list[tuple[str, str, str]]:
+        eng = Engine(load_rules(), Enrichment(), node_silence_ns=20 * 10**9)
+        table = Decoder(eng.paths).decode_block(data).table
+        assert table is not None
+        out = []
+        for off in range(0, table.num_rows, step):
+            eng.process(table.slice(off, step))
+            out += [(a.id, a.details["node"], a.details["silent_since"]) for a in eng.drain()
+                    if a.rule == "flow-gap.node-silent"]
+        return out
+
+    whole = gaps(10**9)
+    assert [g[1] for g in whole] == [node.decode()], whole  # the silent node, once; no other node
+    assert whole[0][2].startswith("2026-11-29T15:00:5") or whole[0][2].startswith("2026-11-29T15:01:00")
+    assert gaps(333) == whole
+    # the live monitor raises it with its default config, taking the threshold from the config
+    src = tmp_path / "cap.jsonl"
+    src.write_bytes(data)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("detect:\n  node_silence: 20s\n")
+    out = subprocess.run([FT, "run", "--once", "--config", str(cfg), "--input-file", str(src), "--log-level", "warning"],
+                         check=True, capture_output=True, timeout=120).stdout
+    got = [orjson.loads(x) for x in out.splitlines()]
+    assert [a["id"] for a in got if a["rule"] == "flow-gap.node-silent"] == [whole[0][0]]

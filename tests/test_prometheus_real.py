@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from flowtrail.lab.simulate import NS, Options, simulate
+from tests.helpers import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "deploy" / "prometheus" / "flowtrail-alerts.rules.yaml"
@@ -107,12 +107,6 @@ def lab_flows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[bytes]
         simulate(Options(scenarios=scenarios, duration_ns=120 * NS, rate=120, seed=11, output=str(path), workers=1))
         out[name] = path.read_bytes().splitlines(keepends=True)
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get_json(url: str) -> dict[str, Any]:

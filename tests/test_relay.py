@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from flowtrail.sources.relay import (
     response_json,
     server_status,
 )
+from tests.helpers import free_port as _free_port
 
 from .conftest import REPO, SAMPLES_DIR
 
@@ -112,12 +112,6 @@ def _objs(lines: list[bytes]) -> list[Any]:
 
 def _uuids(lines: list[bytes]) -> collections.Counter[str]:
     return collections.Counter(o["flow"]["uuid"] for o in _objs(lines) if "flow" in o)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- protojson ----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from flowtrail import __version__
 from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.sinks.alerting import Delivery, build_alert_sinks
 from flowtrail.sinks.syslog import SyslogSink
+from tests.helpers import free_port, stop_process
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 pytestmark = pytest.mark.skipif(not Path(RSYSLOGD).exists(), reason="rsyslogd is not installed (apt install rsyslog)")
@@ -55,12 +56,6 @@ def alerts() -> list[dict[str, Any]]:
     odd["entity"]["workload"] = 'we"ird]na\\me'
     odd["remediation"] = "Ünïcödé — fine"
     return [*out, odd]
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Rsyslog:
@@ -101,13 +96,7 @@ input(type="imtcp" address="127.0.0.1" port="{self.tcp_port}")
         raise RuntimeError("rsyslogd did not become ready")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def messages(self, want: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Parsed lines from our app, once at least `want` arrived."""

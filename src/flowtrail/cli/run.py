@@ -142,8 +142,10 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
             ps = _load(tuple(det["policies"]))
             inv = _inventory(det["inventory"])
             replayer = Replayer(Evaluator(ps, choose_cni(det["cni"], inv, ps), inv), inv)
+        silence = cfgmod.duration_s(det["node_silence"], "detect.node_silence")
         try:
-            engine = Engine(rules, enrichment, baseline, replayer)
+            engine = Engine(rules, enrichment, baseline, replayer,
+                            node_silence_ns=int(silence * 1e9) if silence > 0 else None)
         except RuleError as exc:
             raise ConfigError(str(exc)) from None
 

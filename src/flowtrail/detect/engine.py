@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.detect.aggregate import Aggregator, Alerts, Group, RateSpike, make_aggregator
-from flowtrail.detect.alerts import Alert
+from flowtrail.detect.alerts import Alert, iso_ns
 from flowtrail.detect.conditions import MaskFn, compile_where, needs_baseline, needs_policy
 from flowtrail.detect.features import FEATURE_PATHS, Enrichment, build
 from flowtrail.detect.rules import Rule, RuleError
@@ -84,9 +84,17 @@ class EngineStats:
 
 class Engine:
     def __init__(self, rules: list[Rule], enrichment: Enrichment | None = None, baseline: Any = None,
-                 policy: Any = None) -> None:
+                 policy: Any = None, node_silence_ns: int | None = None) -> None:
         """`policy`: a flowtrail.policy.replay.Replayer; with it, flows get the `policy.*` features
-        (bypass of the loaded policies and the evaluator's explanation)."""
+        (bypass of the loaded policies and the evaluator's explanation).
+
+        `node_silence_ns`: raise `flow-gap.node-silent` when a node that sent flows sends none for
+        this long while the others go on. Only for inputs where every line is decoded (the live
+        monitor): a prefiltered input hides most of a node's flows."""
+        self.node_silence_ns = node_silence_ns
+        self.node_last: dict[str, int] = {}  # node -> newest flow time seen from it
+        self.node_alerted: set[tuple[str, int]] = set()  # (node, start of the silence)
+        self.gap_alerts: list[Alert] = []
         self.enrichment = enrichment or Enrichment()
         self.baseline = baseline
         self.policy = policy
@@ -188,6 +196,8 @@ class Engine:
         newest = pc.max(ft["time"]).as_py()
         if newest is not None and (self.t_max is None or newest > self.t_max):
             self.t_max = newest
+        if self.node_silence_ns and "node_name" in table.column_names:
+            self._node_silence(table.column("node_name"), ft["time"])
         for cr in self.rules:
             m = cr.where(ft, self.baseline)
             if cr.scope is not None and m.any():
@@ -297,10 +307,63 @@ class Engine:
         a.details["lost_records"] = a.details.get("lost_records", 0) + n
         a.last_seen = max(a.last_seen, t1)
 
+    def _node_silence(self, nodes: Any, times: Any) -> None:
+        """Gaps longer than node_silence_ns between consecutive flows of one node, and nodes silent
+        since then up to the newest flow of any node. A silence is keyed by the node and the time
+        of its last flow before it, and detected at that time plus the threshold, so a stream cut
+        into batches raises the same alerts as one batch."""
+        assert self.node_silence_ns is not None
+        limit = self.node_silence_ns
+        enc = pc.dictionary_encode(pc.fill_null(nodes, ""))
+        if isinstance(enc, pa.ChunkedArray):
+            enc = enc.combine_chunks()
+        codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), np.int64)
+        names = enc.dictionary.to_pylist()
+        t = np.asarray(times.to_numpy(zero_copy_only=False) if hasattr(times, "to_numpy") else times, np.int64)
+        order = np.lexsort((t, codes))
+        codes, t = codes[order], t[order]
+        bounds = np.flatnonzero(np.diff(codes)) + 1
+        # few nodes: one step per node, the gaps themselves are found with numpy
+        for part in np.split(np.arange(len(codes)), bounds):
+            if not len(part):
+                continue
+            name = names[codes[part[0]]]
+            if not name:
+                continue
+            ts = t[part]
+            prev = self.node_last.get(name)
+            seq = ts if prev is None else np.concatenate([[prev], ts])
+            for i in np.flatnonzero(np.diff(seq) > limit).tolist():
+                self._silent(name, int(seq[i]), int(seq[i + 1]))
+            self.node_last[name] = max(int(ts[-1]), prev or 0)
+        horizon = self.t_max or 0
+        for name, last in self.node_last.items():
+            if horizon - last > limit:
+                self._silent(name, last, None)
+
+    def _silent(self, node: str, since: int, resumed: int | None) -> None:
+        if (node, since) in self.node_alerted:
+            return
+        self.node_alerted.add((node, since))
+        assert self.node_silence_ns is not None
+        at = since + self.node_silence_ns
+        a = Alert(
+            rule="flow-gap.node-silent", title="A node stopped sending flows", category="flow-gap",
+            severity="medium", mitre=["T1562.006"], entity={"namespace": None, "pod": None, "workload": None},
+            group=f"node:{node}", first_seen=since, detected_at=at, last_seen=at,
+            description=f"Node {node} sent no flows for {self.node_silence_ns / 1e9:.0f}s while other nodes "
+                        "did: its Cilium agent, Hubble or exporter stopped, or the node is gone. Traffic on "
+                        "it is invisible to every detection meanwhile.",
+            remediation="Check the cilium agent pod on the node (kubectl -n kube-system get pods -o wide), its "
+                        "Hubble status (cilium status; hubble observe --node NAME) and the exporter/relay path.",
+            count=1, details={"node": node, "silent_since": iso_ns(since), "threshold_s": self.node_silence_ns / 1e9})
+        self.gap_alerts.append(a)
+
     # ------------------------------------------------------------------ results
     def alerts(self) -> list[Alert]:
         out = [a for cr in self.rules for a in cr.alerts.all()]
         out.extend(self.lost_alerts)
+        out.extend(self.gap_alerts)
         return sorted(out, key=lambda a: (a.detected_at, a.rule, a.group))
 
     def drain(self) -> list[Alert]:
@@ -327,6 +390,11 @@ class Engine:
         new.extend(a for a in self.lost_alerts if not a.emitted)
         if len(self.lost_alerts) > 1:
             del self.lost_alerts[:-1]
+        new.extend(self.gap_alerts)
+        self.gap_alerts = []
+        if len(self.node_alerted) > 10_000:
+            # a silence is re-detected only while its start is within the newest window
+            self.node_alerted = {k for k in self.node_alerted if k[1] >= horizon - 86_400 * 10**9}
         for a in new:
             a.emitted = True
         return sorted(new, key=lambda a: (a.detected_at, a.rule, a.group))

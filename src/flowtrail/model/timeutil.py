@@ -112,3 +112,23 @@ def format_ns(ns: int | None, layout: str = "StampMilli") -> str:
         sign = "+" if off >= 0 else "-"
         return f"{dt:%a, %d %b %Y %H:%M:%S} {sign}{abs(off) // 3600:02d}{abs(off) % 3600 // 60:02d}"
     raise ValueError(f"unknown time format {layout!r}")
+
+
+_TS_HEADS: dict[int, str] = {}
+
+
+def protojson_timestamp(seconds: int, nanos: int = 0) -> str:
+    """A google.protobuf.Timestamp as protojson writes it: RFC 3339 in UTC with 0, 3, 6 or 9
+    fractional digits. The date part is cached per second (a stream's flows share seconds)."""
+    head = _TS_HEADS.get(seconds)
+    if head is None:
+        if len(_TS_HEADS) > 4096:
+            _TS_HEADS.clear()
+        head = _TS_HEADS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if not nanos:
+        return head + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{head}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{head}.{nanos // 1000:06d}Z"
+    return f"{head}.{nanos:09d}Z"

@@ -47,6 +47,7 @@ detect:
   inventory: null
   cni: auto
   min_severity: info
+  node_silence: 2m       # flow-gap alert when a node sends no flows this long while others do (0s: off)
 metrics:
   listen: null           # e.g. ":9965" (Hubble's metrics port); serves /metrics, /healthz, /readyz
   hubble: default        # list of Hubble metric specs ("dns:query;ignoreAAAA", "drop:sourceContext=namespace", ...)
@@ -111,7 +112,8 @@ SCHEMA: dict[str, Any] = {
             "policies": {"type": "array", "items": {"type": "string"}},
             "inventory": {"type": ["string", "null"]},
             "cni": {"enum": ["auto", "kubernetes", "cilium"]},
-            "min_severity": {"enum": ["info", "low", "medium", "high", "critical"]}}},
+            "min_severity": {"enum": ["info", "low", "medium", "high", "critical"]},
+            "node_silence": _DURATION}},
         "metrics": {"type": "object", "additionalProperties": False, "properties": {
             "listen": {"type": ["string", "null"]},
             "hubble": {"oneOf": [{"const": "default"}, {"type": "array", "items": {"type": "string"}}]}}},

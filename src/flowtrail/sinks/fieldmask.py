@@ -33,14 +33,13 @@ also how the decoder writes the rows it re-encodes (no HTML escaping of ``<>&``,
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from flowtrail.model.schema import FLOW, LAYER4, LAYER7, Message, Repeated, Spec
-from flowtrail.model.timeutil import parse_rfc3339_ns
+from flowtrail.model.timeutil import parse_rfc3339_ns, protojson_timestamp
 
 # Flow fields that are well-known message types in flow.proto but JSON scalars in protojson.
 _TIMESTAMP_FIELDS = {"seconds", "nanos"}
@@ -122,26 +121,13 @@ def _tree(paths: Iterable[str]) -> Tree:
     return tree
 
 
-def _format_ts(ns: int) -> str:
-    """RFC 3339 as protojson writes a Timestamp: UTC, 0, 3, 6 or 9 fractional digits."""
-    secs, frac = divmod(ns, 10**9)
-    base = (_dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=secs)).strftime("%Y-%m-%dT%H:%M:%S")
-    if not frac:
-        return base + "Z"
-    if frac % 1_000_000 == 0:
-        return f"{base}.{frac // 1_000_000:03d}Z"
-    if frac % 1000 == 0:
-        return f"{base}.{frac // 1000:06d}Z"
-    return f"{base}.{frac:09d}Z"
-
-
 def _timestamp_copier(sub: Tree) -> _Copier:
     keep_s, keep_n = "seconds" in sub, "nanos" in sub
 
     def copy(value: Any) -> str:
         ns = parse_rfc3339_ns(value) if isinstance(value, str) else None
         secs, nanos = divmod(ns or 0, 10**9)
-        return _format_ts((secs if keep_s else 0) * 10**9 + (nanos if keep_n else 0))
+        return protojson_timestamp(secs if keep_s else 0, nanos if keep_n else 0)
 
     return copy
 

@@ -47,7 +47,7 @@ from google.protobuf import json_format
 from google.protobuf import struct_pb2 as _struct_pb2  # noqa: F401  (registers Struct for Any: Retina's extensions)
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from flowtrail.model.timeutil import parse_rfc3339_ns, parse_time_arg
+from flowtrail.model.timeutil import parse_rfc3339_ns, parse_time_arg, protojson_timestamp
 from flowtrail.sources.chunk import Chunk
 from flowtrail.sources.proto import flow_pb2, observer_pb2, observer_pb2_grpc
 
@@ -74,22 +74,6 @@ class RelayError(Exception):
 
 
 # -- protojson ------------------------------------------------------------------------------------
-
-
-def _format_ts(seconds: int, nanos: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - a cache
-    """RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits, as protojson writes a Timestamp."""
-    head = _cache.get(seconds)
-    if head is None:
-        if len(_cache) > 4096:
-            _cache.clear()
-        head = _cache[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    if not nanos:
-        return head + "Z"
-    if nanos % 1_000_000 == 0:
-        return f"{head}.{nanos // 1_000_000:03d}Z"
-    if nanos % 1000 == 0:
-        return f"{head}.{nanos // 1000:06d}Z"
-    return f"{head}.{nanos:09d}Z"
 
 
 def _ts_ns(ts: Any) -> int:
@@ -124,7 +108,7 @@ class _Encoders:
     """
 
     def __init__(self, cached: frozenset[str] = frozenset()) -> None:
-        self.ns: dict[str, Any] = {"_ts": _format_ts, "_any": _any_json, "_b64": _b64}
+        self.ns: dict[str, Any] = {"_ts": protojson_timestamp, "_any": _any_json, "_b64": _b64}
         self.funcs: dict[str, Callable[[Any], dict[str, Any]]] = {}
         # Message types whose dicts are memoised by their wire bytes: endpoints repeat from flow to
         # flow (the same pods talk again and again) and serializing one in C costs a seventh of

@@ -1,0 +1,28 @@
+"""Helpers the benchmarks share."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+
+def measured(cmd: list[str]) -> tuple[float, int, int]:
+    """(wall s, peak RSS KiB, stdout lines) of `cmd` run in a fresh child: ru_maxrss is a
+    high-water mark over all children, so each run gets its own parent."""
+    proc = subprocess.run([sys.executable, "-c",
+                           "import resource,subprocess,sys,time;t=time.perf_counter();"
+                           "p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE,stderr=subprocess.DEVNULL);"
+                           "w=time.perf_counter()-t;r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
+                           "print(w,r,p.stdout.count(b'\\n'),p.returncode)", *cmd],
+                          capture_output=True, text=True, check=True)
+    w, r, n, rc = proc.stdout.split()
+    if int(rc) != 0:
+        raise RuntimeError(f"{cmd} exited {rc}")
+    return float(w), int(r), int(n)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
