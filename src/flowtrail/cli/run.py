@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
@@ -111,8 +112,9 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
                                 tls_client_key_file=s.get("tls_client_key_file"),
                                 tls_server_name=s.get("tls_server_name"))
             from flowtrail.sources.relay import RelayError
+            state = state_dir / f"relay-{re.sub(r'[^A-Za-z0-9.-]+', '_', s['address'])}.json" if state_dir else None
             try:
-                src = RelaySource(opts)
+                src = RelaySource(opts, state)
             except RelayError as exc:
                 raise ConfigError(f"sources[{i}] (relay): {exc}") from None
             if s.get("overload"):

@@ -28,6 +28,7 @@ Reading runs in a thread per source; :meth:`RelaySource.chunks` hands its lines 
 from __future__ import annotations
 
 import base64
+import functools
 import heapq
 import logging
 import random
@@ -444,8 +445,12 @@ class _Dedup:
 class RelaySource:
     """Follows a Hubble Relay's GetFlows stream; see the module docstring."""
 
-    def __init__(self, opts: RelayOptions) -> None:
+    def __init__(self, opts: RelayOptions, state_file: str | Path | None = None) -> None:
+        """`state_file`: where the position of the flows the monitor has processed is kept (the
+        newest flow time and the uuids at its end), so that a restart resumes there, neither
+        losing nor repeating what the relay still holds; an explicit `since` wins over it."""
         self.opts = opts
+        self.state_file = Path(state_file) if state_file else None
         self.name = f"relay:{opts.address}"
         if opts.batch_max_lines < 1 or opts.batch_max_delay_s < 0:
             raise RelayError("batch_max_lines must be >= 1 and batch_max_delay_s >= 0")
@@ -485,6 +490,12 @@ class RelaySource:
         self._dedup = _Dedup(int(opts.resume_overlap_s * _NS), opts.dedup_max)
         self._newest_ns: int | None = None  # newest event time delivered: the resume point
         self._connect_wall_ns: int | None = None
+        self._meta: list[tuple[int, str]] = []  # (time, uuid) of each line in _buf
+        self._done_ns = 0  # newest flow time the monitor has processed (committed)
+        self._done_keys: dict[str, int] = {}  # uuids processed within the overlap window of _done_ns
+        self._saved_at = 0.0
+        if self.state_file is not None and self._since_ns is None:
+            self._restore()
 
     # -- consumer side ----------------------------------------------------------------------------
 
@@ -513,13 +524,16 @@ class RelaySource:
                         self._cond.wait(min(left / _NS, 0.1))
                     lines = self._buf[:max_lines]
                     del self._buf[:max_lines]
+                    meta = self._meta[:max_lines]
+                    del self._meta[:max_lines]
                     received = self._first_ns
                     self._first_ns = time.monotonic_ns()  # the rest arrived by now at the latest
                     self._cond.notify_all()  # the reader may wait for room
                 first = self._line_no + 1
                 self._line_no += len(lines)
                 yield Chunk(data=b"\n".join(lines) + b"\n", source=self.name, first_line=first,
-                            received_ns=received, lines=len(lines))
+                            received_ns=received, lines=len(lines),
+                            commit=functools.partial(self._commit, meta) if self.state_file is not None else None)
         finally:
             self._halt.set()
             call = self._call
@@ -651,9 +665,61 @@ class RelaySource:
             if not self._buf:
                 self._first_ns = time.monotonic_ns()
             self._buf.append(line)
+            self._meta.append((t_ns, resp.flow.uuid if kind == "flow" else ""))
             if len(self._buf) == 1 or len(self._buf) >= self.opts.batch_max_lines:
                 self._cond.notify_all()
         return kind == "flow"
+
+
+    # -- position across restarts ----------------------------------------------------------------
+
+    def _commit(self, meta: list[tuple[int, str]]) -> None:
+        """Everything derived from these lines reached the sinks: they are behind the resume point."""
+        window = int(self.opts.resume_overlap_s * _NS)
+        for t, key in meta:  # per line: the relay path is per message anyway (see _deliver)
+            if t > self._done_ns:
+                self._done_ns = t
+            if key and t >= self._done_ns - window:
+                self._done_keys[key] = t
+        if len(self._done_keys) > 2 * max(1, len(meta)) + 10_000:
+            cut = self._done_ns - window
+            self._done_keys = {k: t for k, t in self._done_keys.items() if t >= cut}
+        if time.monotonic() - self._saved_at >= 1.0:
+            self.save()
+
+    def save(self) -> None:
+        if self.state_file is None or not self._done_ns:
+            return
+        cut = self._done_ns - int(self.opts.resume_overlap_s * _NS)
+        state = {"address": self.opts.address, "newest_ns": self._done_ns,
+                 "uuids": {k: t for k, t in self._done_keys.items() if t >= cut}}
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_bytes(orjson.dumps(state))
+        tmp.replace(self.state_file)
+        self._saved_at = time.monotonic()
+
+    def close(self) -> None:
+        """Save the position (called by the monitor after the last batch was processed)."""
+        self.save()
+
+    def _restore(self) -> None:
+        assert self.state_file is not None
+        try:
+            state = orjson.loads(self.state_file.read_bytes())
+            newest = int(state["newest_ns"])
+            uuids = {str(k): int(t) for k, t in dict(state.get("uuids", {})).items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+            log.warning("relay %s: ignoring unreadable position file %s: %s", self.opts.address, self.state_file, exc)
+            return
+        # the first stream asks from just before the saved point and drops what was processed
+        self._newest_ns = newest
+        for key, t in sorted(uuids.items(), key=lambda kv: kv[1]):
+            self._dedup.seen(key, t)
+        self._dedup.seen(("position", newest), newest)  # the replay zone ends at the saved point
+        self._done_ns, self._done_keys = newest, dict(uuids)
+        log.info("relay %s: resuming after %s", self.opts.address, protojson_timestamp(*divmod(newest, _NS)))
 
 
 def server_status(address: str, opts: RelayOptions | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
