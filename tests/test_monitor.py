@@ -368,3 +368,8 @@ def test_relay_restart_resumes_after_what_was_processed(small_capture: Path, tmp
             fh.write(b"".join(lines[half:]))
         assert run_until(len(lines) - half, []) == len(lines) - half
     assert list(state.glob("relay-127.0.0.1_*.json"))
+
+
+def test_documented_default_config_is_the_real_one() -> None:
+    from flowtrail.monitor.config import DEFAULT_CONFIG_YAML
+    assert DEFAULT_CONFIG_YAML in (REPO / "docs" / "monitor.md").read_text()

@@ -96,7 +96,7 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
             from flowtrail.sources.follow import FileFollower
             state = state_dir / f"offset-{_slug(s['path'])}.json" if state_dir else None
             sources.append(FileFollower(s["path"], state, start=s.get("start", "beginning"),
-                                        poll_interval_s=cfgmod.duration_s(s.get("poll_interval", "100ms"),
+                                        poll_interval_s=cfgmod.duration_s(s.get("poll_interval", "50ms"),
                                                                           f"sources[{i}].poll_interval"),
                                         until_eof=replay))
         elif s["type"] == "stdin":

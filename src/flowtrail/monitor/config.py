@@ -29,7 +29,7 @@ DEFAULT_CONFIG_YAML = """\
 sources: []              # - {type: file, path: /var/run/cilium/hubble/events.log, start: beginning}
                          # - {type: relay, address: hubble-relay.kube-system.svc:80, tls: false}
                          # - {type: stdin}
-state_dir: null          # offsets of followed files (restart resumes after the last line processed)
+state_dir: null          # offsets of followed files, relay positions, alert spools (restarts resume)
 filter:                  # Hubble FlowFilters (JSON field names); after enrichment, before metrics, export, detection
   allow: []
   deny: []
@@ -55,7 +55,7 @@ alerts: []               # alert sinks; none given: JSON lines on stdout
 export: []               # flow exporters (Hubble exporter files, Elasticsearch, Splunk HEC)
 pipeline:
   batch_max_flows: 65536 # a batch is processed when this many flows are queued ...
-  batch_max_delay: 200ms # ... or when its first flow waited this long (bounds alert latency)
+  batch_max_delay: 100ms # ... or when its first flow waited this long (bounds alert latency)
   queue_max_mb: 64        # raw input waiting to be processed (memory bound)
   overload: block        # block: sources wait (files, stdin: nothing is lost, lag grows)
                          # shed: chunks that do not fit are dropped and counted (flowtrail_flows_shed_total)

@@ -66,7 +66,7 @@ class _Prepared:
 @dataclass
 class PipelineOptions:
     batch_max_flows: int = 65_536
-    batch_max_delay_s: float = 0.2
+    batch_max_delay_s: float = 0.1
     queue_max_bytes: int = 64 << 20
     overload: str = "block"
     shutdown_timeout_s: float = 10.0
