@@ -373,3 +373,19 @@ def test_relay_restart_resumes_after_what_was_processed(small_capture: Path, tmp
 def test_documented_default_config_is_the_real_one() -> None:
     from flowtrail.monitor.config import DEFAULT_CONFIG_YAML
     assert DEFAULT_CONFIG_YAML in (REPO / "docs" / "monitor.md").read_text()
+
+
+def test_overload_shed_is_counted_never_silent(capture: Path, tmp_path: Path) -> None:
+    """A queue far too small for the input, policy shed: what is not processed is counted as shed,
+    the sum is the input, and the log says so without a line per chunk."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pipeline:\n  queue_max_mb: 0.5\n  overload: shed\n")
+    n = len(capture.read_bytes().splitlines())
+    with open(capture, "rb") as fh:
+        r = subprocess.run([FT, "run", "--config", str(cfg), "--input-file", "-", "--alerts-file",
+                            str(tmp_path / "a.jsonl")], stdin=fh, capture_output=True, timeout=180)
+    assert r.returncode == 0
+    logs = [orjson.loads(x) for x in r.stderr.splitlines()]
+    done = next(x for x in logs if x["msg"] == "monitor stopped")
+    assert done["shed_lines"] > 0 and done["flows"] + done["shed_lines"] == n
+    assert 1 <= sum("shedding input" in x["msg"] for x in logs) <= 5

@@ -134,6 +134,7 @@ class Monitor:
         self.failed: list[str] = []  # sources that ended with an error
         self._stage_done = threading.Event()
         self._last_gauges = 0.0
+        self._shed_logged = -1e9
 
     # -- health ---------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -153,8 +154,12 @@ class Monitor:
         self.stats.shed_lines += ch.lines
         if self.own is not None:
             self.own.flows_shed.labels(reason="queue_full").inc(ch.lines)
-        log.warning("overload: shed %d lines from %s (queue full at %d bytes)", ch.lines, ch.source,
-                    self.queue.max_bytes)
+        now = time.monotonic()
+        if now - self._shed_logged >= 10.0:
+            # one line per 10 s however much is shed; the counter has the exact figure
+            self._shed_logged = now
+            log.warning("overload: shedding input (queue full at %d bytes); %d lines shed so far, last from %s",
+                        self.queue.max_bytes, self.stats.shed_lines, ch.source)
 
     def _pump(self, src: Source) -> None:
         policy = getattr(src, "overload", None) or self.opts.overload
