@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+RULE_FIXTURES = Path(__file__).resolve().parents[1] / "src" / "flowtrail" / "detect" / "rules" / "fixtures"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -23,3 +29,13 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def fixture_alerts() -> list[dict[str, Any]]:
+    """Real alerts: `flowtrail detect` over the rule pack's lab fixtures (with their intel feed)."""
+    args = [str(p) for p in sorted(RULE_FIXTURES.glob("*.jsonl.gz"))]
+    r = subprocess.run([sys.executable, "-m", "flowtrail.cli.main", "detect", *args, "--intel",
+                        str(RULE_FIXTURES / "intel.txt"), "--workers", "1", "-o", "json"], capture_output=True, check=True)
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(out) >= 20
+    return out

@@ -11,7 +11,6 @@ import http.server
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import requests
 from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.sinks.alerting import Delivery, build_alert_sinks
 from flowtrail.sinks.alertmanager import AlertmanagerSink
-from tests.helpers import free_port, stop_process
+from tests.helpers import fixture_alerts, free_port, stop_process
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 pytestmark = pytest.mark.skipif(not Path(ALERTMANAGER).exists(),
@@ -37,11 +36,7 @@ FAST: dict[str, Any] = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2}
 
 @pytest.fixture(scope="module")
 def alerts() -> list[dict[str, Any]]:
-    args = [str(p) for p in sorted(FIXTURES.glob("*.jsonl.gz"))]
-    r = subprocess.run([sys.executable, "-m", "flowtrail.cli.main", "detect", *args, "--intel",
-                        str(FIXTURES / "intel.txt"), "--workers", "1", "-o", "json"], capture_output=True, check=True)
-    out = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(out) >= 20
+    out = fixture_alerts()
     return out
 
 

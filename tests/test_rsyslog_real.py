@@ -15,7 +15,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from flowtrail import __version__
 from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.sinks.alerting import Delivery, build_alert_sinks
 from flowtrail.sinks.syslog import SyslogSink
-from tests.helpers import free_port, stop_process
+from tests.helpers import fixture_alerts, free_port, stop_process
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 pytestmark = pytest.mark.skipif(not Path(RSYSLOGD).exists(), reason="rsyslogd is not installed (apt install rsyslog)")
@@ -43,11 +42,7 @@ LOCAL4 = 20
 
 @pytest.fixture(scope="module")
 def alerts() -> list[dict[str, Any]]:
-    args = [str(p) for p in sorted(FIXTURES.glob("*.jsonl.gz"))]
-    r = subprocess.run([sys.executable, "-m", "flowtrail.cli.main", "detect", *args, "--intel",
-                        str(FIXTURES / "intel.txt"), "--workers", "1", "-o", "json"], capture_output=True, check=True)
-    out = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(out) >= 20
+    out = fixture_alerts()
     # One that needs every kind of escaping, in the header, the structured data and the CEF fields.
     odd = json.loads(json.dumps(out[0]))
     odd["id"] = "odd0000000000000001"
