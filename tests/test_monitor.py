@@ -389,3 +389,26 @@ def test_overload_shed_is_counted_never_silent(capture: Path, tmp_path: Path) ->
     done = next(x for x in logs if x["msg"] == "monitor stopped")
     assert done["shed_lines"] > 0 and done["flows"] + done["shed_lines"] == n
     assert 1 <= sum("shedding input" in x["msg"] for x in logs) <= 5
+
+
+def test_cilium_flowlogs_yaml_pasted_as_export_config(small_capture: Path, tmp_path: Path) -> None:
+    """The `export:` key takes Cilium's dynamic exporter file (flowLogs) unchanged."""
+    out = tmp_path / "drops.log"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+export:
+  flowLogs:
+    - name: drops
+      filePath: "{out}"
+      fieldMask: [time, source.namespace, source.pod_name, destination.pod_name, verdict]
+      includeFilters:
+        - verdict: [DROPPED]
+detect: {{enabled: false}}
+""")
+    subprocess.run([FT, "run", "--once", "--config", str(cfg), "--input-file", str(small_capture),
+                    "--log-level", "warning"], check=True, capture_output=True, timeout=120)
+    got = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    want = sum(b'"verdict":"DROPPED"' in x for x in small_capture.read_bytes().splitlines())
+    assert len(got) == want > 0
+    assert all(set(g["flow"]) <= {"time", "source", "destination", "verdict"} and g["flow"]["verdict"] == "DROPPED"
+               for g in got)

@@ -52,7 +52,8 @@ metrics:
   listen: null           # e.g. ":9965" (Hubble's metrics port); serves /metrics, /healthz, /readyz
   hubble: default        # list of Hubble metric specs ("dns:query;ignoreAAAA", "drop:sourceContext=namespace", ...)
 alerts: []               # alert sinks; none given: JSON lines on stdout
-export: []               # flow exporters (Hubble exporter files, Elasticsearch, Splunk HEC)
+export: []               # flow exporters (Hubble exporter files, Elasticsearch, Splunk HEC); Cilium's
+                         # flowlogs.yaml ({flowLogs: [...]}) is accepted as it is
 pipeline:
   batch_max_flows: 65536 # a batch is processed when this many flows are queued ...
   batch_max_delay: 100ms # ... or when its first flow waited this long (bounds alert latency)
@@ -118,7 +119,10 @@ SCHEMA: dict[str, Any] = {
             "listen": {"type": ["string", "null"]},
             "hubble": {"oneOf": [{"const": "default"}, {"type": "array", "items": {"type": "string"}}]}}},
         "alerts": {"type": "array", "items": ALERT_SINK_SCHEMA},
-        "export": {"type": "array", "items": EXPORT_SCHEMA},
+        # a list of entries, or Cilium's own flowlogs.yaml pasted as it is ({flowLogs: [...]})
+        "export": {"oneOf": [{"type": "array", "items": EXPORT_SCHEMA},
+                             {"type": "object", "additionalProperties": False, "required": ["flowLogs"],
+                              "properties": {"flowLogs": {"type": "array", "items": EXPORT_SCHEMA}}}]},
         "pipeline": {"type": "object", "additionalProperties": False, "properties": {
             "batch_max_flows": {"type": "integer", "minimum": 1},
             "batch_max_delay": _DURATION,
