@@ -205,7 +205,6 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
     monitor = Monitor(sources, engine, alert_outputs=alert_outputs, flow_outputs=flow_outputs,
                       flow_filter=flow_filter, enricher=enricher, hubble_metrics=hubble, own_metrics=own,
                       options=options)
-    monitor.registry = registry  # type: ignore[attr-defined]
     if enricher is not None and k8s.get("watch"):
         from flowtrail.enrich.k8swatch import WatchConfigError
         try:

@@ -299,11 +299,7 @@ class Engine:
                             "or reduce monitor aggregation load; check `hubble observe` for LOST events.")
             self.lost_alerts.append(a)
         # count events lost, not records: one record reports a whole burst
-        try:
-            lost_n = pc.fill_null(pc.cast(pc.struct_field(rows.column("lost_events"), "num_events_lost"), pa.int64()), 1)
-            a.count += int(pc.sum(lost_n).as_py() or n)
-        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            a.count += n
+        a.count += events_lost(rows.column("lost_events")) or n
         a.details["lost_records"] = a.details.get("lost_records", 0) + n
         a.last_seen = max(a.last_seen, t1)
 
@@ -319,7 +315,7 @@ class Engine:
             enc = enc.combine_chunks()
         codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), np.int64)
         names = enc.dictionary.to_pylist()
-        t = np.asarray(times.to_numpy(zero_copy_only=False) if hasattr(times, "to_numpy") else times, np.int64)
+        t = np.asarray(times.to_numpy(zero_copy_only=False), np.int64)
         order = np.lexsort((t, codes))
         codes, t = codes[order], t[order]
         bounds = np.flatnonzero(np.diff(codes)) + 1
@@ -334,14 +330,14 @@ class Engine:
             prev = self.node_last.get(name)
             seq = ts if prev is None else np.concatenate([[prev], ts])
             for i in np.flatnonzero(np.diff(seq) > limit).tolist():
-                self._silent(name, int(seq[i]), int(seq[i + 1]))
+                self._silent(name, int(seq[i]))
             self.node_last[name] = max(int(ts[-1]), prev or 0)
         horizon = self.t_max or 0
         for name, last in self.node_last.items():
             if horizon - last > limit:
-                self._silent(name, last, None)
+                self._silent(name, last)
 
-    def _silent(self, node: str, since: int, resumed: int | None) -> None:
+    def _silent(self, node: str, since: int) -> None:
         if (node, since) in self.node_alerted:
             return
         self.node_alerted.add((node, since))
@@ -398,6 +394,17 @@ class Engine:
         for a in new:
             a.emitted = True
         return sorted(new, key=lambda a: (a.detected_at, a.rule, a.group))
+
+
+def events_lost(lost: Any) -> int:
+    """Events lost according to Hubble's lost_events records (null rows are not records): the sum of
+    their num_events_lost, a record without one counting as one."""
+    valid = pc.is_valid(lost)
+    try:
+        n = pc.fill_null(pc.cast(pc.struct_field(lost, "num_events_lost"), pa.int64()), 1)
+        return int(pc.sum(pc.if_else(valid, n, 0)).as_py() or 0)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return int(pc.sum(pc.cast(valid, pa.int64())).as_py() or 0)
 
 
 RENDER_COLUMNS = ("time", "src.key", "src.port", "dst.key", "dst.port", "proto", "verdict", "dns.query", "dns.rcode",

@@ -17,8 +17,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.detect.alerts import Alert
-from flowtrail.detect.engine import Engine
+from flowtrail.detect.engine import Engine, events_lost
 from flowtrail.detect.rules import SEVERITIES
 from flowtrail.filters import FilterSet
 from flowtrail.monitor.queue import ChunkQueue
@@ -85,15 +85,13 @@ class MonitorStats:
     alerts: int = 0
     shed_lines: int = 0
     enriched: int = 0
-    latencies_s: list[float] = field(default_factory=list)  # arrival -> alert handed to the sinks (last 10k)
 
 
 class Monitor:
     def __init__(self, sources: list[Source], engine: Engine | None, *,
                  alert_outputs: list[Delivery], flow_outputs: list[FlowOutput] | None = None,
                  flow_filter: FilterSet | None = None, enricher: Any = None, hubble_metrics: Any = None,
-                 own_metrics: Any = None, options: PipelineOptions | None = None,
-                 on_batch: Callable[[MonitorStats], None] | None = None) -> None:
+                 own_metrics: Any = None, options: PipelineOptions | None = None) -> None:
         self.sources = sources
         self.engine = engine
         self.alert_outputs = alert_outputs
@@ -103,7 +101,6 @@ class Monitor:
         self.hubble_metrics = hubble_metrics
         self.own = own_metrics
         self.opts = options or PipelineOptions()
-        self.on_batch = on_batch
         self.stats = MonitorStats()
         self.queue = ChunkQueue(self.opts.queue_max_bytes, self._shed)
         paths: set[str] = set()
@@ -364,7 +361,7 @@ class Monitor:
                 lost = big.column("lost_events")
                 n_lost = len(big) - lost.null_count
                 if n_lost:
-                    lost_total = _num_lost(lost, n_lost)
+                    lost_total = events_lost(lost)
             self.stats.lost_events += lost_total
             self.stats.flows += big.num_rows - n_lost
             if own is not None and lost_total:
@@ -389,8 +386,6 @@ class Monitor:
             if ch.commit is not None:
                 ch.commit()
         self.stats.batches += 1
-        if self.on_batch is not None:
-            self.on_batch(self.stats)
         return new
 
     def _note_time(self, big: pa.Table) -> None:
@@ -417,9 +412,6 @@ class Monitor:
         # latency is counted from the oldest chunk of the batch: an upper bound for every alert in it
         lat = (time.monotonic_ns() - min(ch.received_ns for ch in chunks)) / 1e9
         self.stats.alerts += len(out)
-        self.stats.latencies_s.extend([lat] * len(out))
-        if len(self.stats.latencies_s) > 10_000:
-            del self.stats.latencies_s[:-10_000]
         if self.own is not None:
             for a in picked:
                 self.own.alerts.labels(rule=a.rule, severity=a.severity, category=a.category).inc()
@@ -454,15 +446,6 @@ def _merged(chunks: list[Chunk]) -> list[Chunk]:
         size += len(ch.data)
     flush()
     return out
-
-
-def _num_lost(lost: Any, records: int) -> int:
-    """Events lost according to the records' num_events_lost (a record without it counts as one)."""
-    try:
-        n = pc.fill_null(pc.cast(pc.struct_field(lost, "num_events_lost"), pa.int64()), 1)
-        return int(pc.sum(pc.if_else(pc.is_valid(lost), n, 0)).as_py() or 0)
-    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        return records
 
 
 def _expected(exc: BaseException) -> bool:
