@@ -126,15 +126,20 @@ def workloads_of(meta: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return ((name, kind),)
 
 
+def _sections(obj: Mapping[str, Any], kind: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """metadata (which must name the object), spec and status of a Kubernetes object; a missing or
+    malformed spec or status reads as empty."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or not meta.get("name"):
+        raise ValueError(f"{kind} without metadata.name")
+    spec, status = obj.get("spec"), obj.get("status")
+    return meta, spec if isinstance(spec, dict) else {}, status if isinstance(status, dict) else {}
+
+
 def pod_from_object(obj: Mapping[str, Any]) -> _Pod | None:
     """A pod as the index keeps it; None for pods that have no address of their own (not yet
     scheduled, or hostNetwork: they share the node's address and Cilium reports them as host)."""
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict) or not meta.get("name"):
-        raise ValueError("pod without metadata.name")
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
-    assert isinstance(spec, dict) and isinstance(status, dict)
+    meta, spec, status = _sections(obj, "pod")
     if spec.get("hostNetwork"):
         return None
     raw = [x.get("ip") for x in status.get("podIPs") or [] if isinstance(x, dict)] or [status.get("podIP")]
@@ -150,12 +155,7 @@ def pod_from_object(obj: Mapping[str, Any]) -> _Pod | None:
 
 def service_from_object(obj: Mapping[str, Any]) -> _Service:
     """A Service and every address that fronts it: ClusterIPs, externalIPs, load-balancer IPs."""
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict) or not meta.get("name"):
-        raise ValueError("service without metadata.name")
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
-    assert isinstance(spec, dict) and isinstance(status, dict)
+    meta, spec, status = _sections(obj, "service")
     raw: list[Any] = list(spec.get("clusterIPs") or [spec.get("clusterIP")])  # "None" = headless
     raw += list(spec.get("externalIPs") or [])
     raw += [i.get("ip") for i in ((status.get("loadBalancer") or {}).get("ingress") or []) if isinstance(i, dict)]
