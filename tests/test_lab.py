@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flowtrail.lab.cluster import ClusterError, load_cluster
@@ -183,3 +186,34 @@ def test_cli_writes_truth_and_gzip(tmp_path: Path) -> None:
     assert len(lines) > 500
     rec = json.loads(truth.read_text())
     assert rec["scenario"] == "kube-api" and rec["params"]["connections"] == "3"
+
+
+def test_output_does_not_depend_on_worker_processes_or_compression(tmp_path: Path) -> None:
+    # several segments (20k flows each), scenario sessions crossing segment boundaries, and
+    # worker processes handing segments over through spool files
+    def run(name: str, workers: int) -> tuple[bytes, bytes]:
+        out, truth = tmp_path / name, tmp_path / f"{name}.truth"
+        simulate(Options(scenarios=["port-scan", "dns-c2", "exfiltration"], duration_ns=200 * NS, seed=11, rate=300,
+                         output=str(out), truth=str(truth), workers=workers))
+        data = out.read_bytes()
+        return (gzip.decompress(data) if name.endswith(".gz") else data), truth.read_bytes()
+
+    one = run("one.jsonl", 1)
+    assert one[0].count(b"\n") > 50_000
+    assert run("two.jsonl", 2) == one
+    assert run("three.jsonl.gz", 3) == one
+
+
+def test_vectorized_timestamps_are_protojson_text() -> None:
+    from flowtrail.lab.simulate import _timestamps_slow, timestamps
+    base = 1_795_680_000 * NS
+    times = [base, base + 5_000_000, base + 123_000, base + 7, base + NS - 1, 946_684_799 * NS + 999_999_999,
+             -5 * NS + 7, 200 * 365 * 86_400 * NS]
+    rng = random.Random(3)
+    times += [rng.randrange(0, 4_000_000_000 * NS) for _ in range(2000)]
+    texts = timestamps(times)
+    assert texts == _timestamps_slow(np.array(times, dtype=np.int64))
+    # protojson keeps 0, 3, 6 or 9 digits (Go's RFC3339Nano would trim every trailing zero)
+    assert {len(t) for t in texts} <= {20, 24, 27, 30}
+    assert texts[:4] == ["2026-11-26T08:00:00Z", "2026-11-26T08:00:00.005Z", "2026-11-26T08:00:00.000123Z",
+                         "2026-11-26T08:00:00.000000007Z"]

@@ -26,13 +26,14 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
 from flowtrail.lab.cluster import Cluster, Pod
 
 PH = "\x00"  # ephemeral-port placeholder in cached templates
+IPH = "\x01"  # a world client's address in cached templates
 WORLD_EP = '{"identity":2,"labels":["reserved:world"]}'
 HOST_EP = '{"identity":1,"labels":["reserved:host"]}'
 EV_TO_STACK = '{"type":4,"sub_type":3}'
@@ -171,6 +172,12 @@ class FlowBuilder:
                       policy_verdict: bool) -> list[tuple[int, int, list[str], bool]]:
         """(packet index, node, body parts split at the ephemeral port, seen by the receiver's
         node) for every observation."""
+        if client.pod is None and client.ep == WORLD_EP and client.ip != IPH and ":" not in client.ip:
+            # every internet client has its own address: one template for all of them, the address
+            # filled in, instead of a template built (and evicted) per connection
+            generic = self._tcp_template(replace(client, ip=IPH), server, port, packets, policy_verdict)
+            ip = client.ip
+            return [(idx, node, [p.replace(IPH, ip) for p in parts], far) for idx, node, parts, far in generic]
         key = (client, server, port, tuple(packets), policy_verdict)
         cached = self._tcp_cache.get(key)
         if cached is not None:
