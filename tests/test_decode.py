@@ -590,3 +590,99 @@ def test_random_mutations_never_raise() -> None:
         d = dec.decode_lines([bytes(line), FLOW_LINES[0]])
         assert d.table.num_rows >= 1
         fs.mask(d.table)
+
+
+# -- the block index: odd bytes found chunk by chunk; rows kept aligned across both paths ------------
+
+def _odd_bytes_block() -> tuple[list[bytes], list[int]]:
+    """Real flow lines with a non-ASCII byte, a raw control byte, a CRLF end, a DEL byte, a bad line
+    of control bytes and no final newline; and the 1-based numbers of the lines that are errors."""
+    def with_summary(i: int, text: str) -> bytes:
+        obj = orjson.loads(FLOW_LINES[i])
+        obj["flow"]["Summary"] = text
+        return orjson.dumps(obj)
+
+    lines = [FLOW_LINES[0], with_summary(1, "café"), FLOW_LINES[2],
+             with_summary(3, "aXb").replace(b"aXb", b"a\x01b"),  # a raw control byte: invalid JSON
+             FLOW_LINES[4] + b"\r", with_summary(5, "a\x7fb"), b"\x00\x1f\x80\xff", FLOW_LINES[6]]
+    return lines, [4, 7]
+
+
+def _passing(d: Decoded, fs: FilterSet) -> list[tuple[int, Any]]:
+    assert d.table is not None
+    return [(int(d.line_numbers[i]), _canonical(d.raw[i])) for i in np.flatnonzero(fs.mask(d.table))]
+
+
+@pytest.mark.parametrize("chunk", [8, 16, 64, 1 << 20])
+def test_odd_bytes_are_found_wherever_chunks_end(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowtrail.sources import decode
+    monkeypatch.setattr(decode, "_CHUNK", chunk)
+    lines, bad = _odd_bytes_block()
+    fs = FilterSet.compile([{"verdict": ["DROPPED", "FORWARDED"]}])
+    block = b"\n".join(lines)  # no final newline
+    dec = Decoder(fs.paths)
+    d = dec.decode_block(block, source="b")
+    _consistent(d)
+    assert [e.line for e in d.errors] == bad
+    kept = [i + 1 for i in range(len(lines)) if i + 1 not in bad]
+    assert list(d.line_numbers) == kept
+    assert [_canonical(r) for r in d.raw] == [_canonical(lines[n - 1]) for n in kept]
+    assert d.raw[kept.index(5)] == FLOW_LINES[4]  # the CR is not part of the line
+    # through the prefilter: the same errors, the same rows pass the filter
+    p = dec.decode_block(block, source="b", needle_groups=fs.needle_groups(), markers=NONCANONICAL_MARKERS)
+    _consistent(p)
+    assert [e.line for e in p.errors] == bad
+    assert _passing(p, fs) == _passing(d, fs)
+    assert [n for n, _ in _passing(d, fs)] == [1, 2, 5, 6, 8]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), chunk=st.sampled_from([8, 16, 24, 64, 1 << 20]))
+def test_special_bytes_are_every_control_and_non_ascii_byte(data: bytes, chunk: int) -> None:
+    from flowtrail.sources import decode
+    old = decode._CHUNK
+    decode._CHUNK = chunk
+    try:
+        got = decode._special_bytes(np.frombuffer(data, np.uint8))
+    finally:
+        decode._CHUNK = old
+    assert got.tolist() == [i for i, b in enumerate(data) if b < 32 or b > 127]
+
+
+def test_suspect_and_rejected_lines_in_one_block_keep_table_rows_aligned() -> None:
+    """The lines taken once for the canonical-spelling check and Arrow's reader: some leave for the
+    exact path (non-canonical spellings), one is rejected by the reader; every table row must still
+    be the row printed beside it."""
+    fs = FilterSet.compile([{"verdict": ["DROPPED", "FORWARDED"]}])
+    cut = FLOW_LINES[3][: FLOW_LINES[3].index(b"}") + 1]  # flow-shaped, not valid JSON
+    camel = FLOW_LINES[1].replace(b'"node_name"', b'"nodeName"')
+    assert camel != FLOW_LINES[1]
+    lines = [FLOW_LINES[0], camel, cut, FLOW_LINES[2], S.render(RESPONSES[0], "numbers"), FLOW_LINES[4]]
+    block = b"\n".join(lines) + b"\n"
+    dec = Decoder(fs.paths)
+    full = dec.decode_block(block, source="s", first_line=7)
+    pre = dec.decode_block(block, source="s", first_line=7, needle_groups=fs.needle_groups(),
+                           markers=NONCANONICAL_MARKERS)
+    for d in (full, pre):
+        _consistent(d)
+        assert [e.line for e in d.errors] == [9]
+        assert d.stats.slow_path == 3  # the camel and numbers spellings, and the rejected line
+        assert d.table is not None
+        rows = [_canonical(r) for r in d.raw]
+        verdicts = d.table.column("flow").combine_chunks().field("verdict").to_pylist()
+        assert verdicts == [r.get("flow", {}).get("verdict") for r in rows]
+        assert d.table.column("time").to_pylist() == [r.get("time") for r in rows]
+    assert list(full.line_numbers) == [7, 8, 10, 11, 12]
+    assert _passing(pre, fs) == _passing(full, fs)
+    assert [n for n, _ in _passing(full, fs)] == [7, 8, 11, 12]
+
+
+def test_worker_tasks_join_ranges_but_keep_every_worker_busy() -> None:
+    ranges = [(i * 10, i * 10 + 10) for i in range(31)]
+    for nproc in (1, 2, 3, 8, 64):
+        tasks = engine._grouped(ranges, nproc)
+        assert tasks[0][0] == 0 and tasks[-1][1] == 310
+        assert all(tasks[i][1] == tasks[i + 1][0] for i in range(len(tasks) - 1))
+        assert all(e - s <= 10 * engine.MAX_GROUP for s, e in tasks)
+        assert len(tasks) >= min(len(ranges), engine.TASKS_PER_WORKER * nproc)
+    assert engine._grouped([], 2) == []

@@ -195,10 +195,23 @@ def run_input(proc: BlockProcessor, inp: Input, workers: int | None = None) -> I
         gc.enable()
 
 
+MAX_GROUP = 4  # ranges in one worker task at most
+TASKS_PER_WORKER = 4
+
+
+def _grouped(ranges: list[tuple[int, int]], nproc: int) -> list[tuple[int, int]]:
+    """Runs of up to MAX_GROUP consecutive ranges joined into one, as long as every worker still
+    gets TASKS_PER_WORKER tasks or more. A task has fixed costs, paid once per group: with a
+    selective filter ~6 ms of a 16 MB block's ~30 ms, mostly RE2 compiling the canonical-spelling
+    pattern (which Arrow does on every call). A few tasks per worker keep the last ones short."""
+    size = max(1, min(MAX_GROUP, len(ranges) // (TASKS_PER_WORKER * nproc)))
+    return [(ranges[i][0], ranges[min(i + size, len(ranges)) - 1][1]) for i in range(0, len(ranges), size)]
+
+
 def _run_parallel(proc: BlockProcessor, inp: Input, nproc: int) -> Iterator[BlockResult]:
     global _WORKER
     _WORKER = proc
-    ranges = split_ranges(inp.path)
+    ranges = _grouped(split_ranges(inp.path), nproc)
     ctx = mp.get_context("fork")
     line = 1
     # not closed here: results kept for --last still read from it
