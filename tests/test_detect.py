@@ -166,7 +166,7 @@ def test_baseline_learn_and_anomaly(tmp_path: Path, attack_run: tuple[Path, list
     res = flowtrail("baseline", "learn", str(benign), "-o", str(base))
     assert res.returncode == 0, res.stderr.decode()
     data = json.loads(base.read_text())
-    assert data["format"] == "flowtrail-baseline/1" and data["sets"]["edges"]
+    assert data["format"] == "flowtrail-baseline/2" and data["sets"]["edges"]
     assert any(k.startswith("frontend/web|app/api|8080") for k in data["sets"]["edges"])
     out, _ = attack_run
     res = flowtrail("detect", str(out), "--baseline", str(base), "-o", "json", "--min-severity", "medium")
@@ -186,3 +186,270 @@ def test_detect_policies_raises_bypass_as_policy_gap() -> None:
     assert "postgres-clients" in bypass[0]["details"]["explanation"]
     without = flowtrail("detect", str(d / "policy-gap.jsonl.gz"), "-o", "json")
     assert b"policy-gap.policy-bypass" not in without.stdout
+
+
+# ---------------------------------------------------------------- learned rates (baseline /2)
+def _learn_files(paths: list[Path], rows: int | None = None) -> dict[str, object]:
+    """Baseline.learn over flow files, the way `baseline learn` feeds it (optionally in slices of
+    `rows`); the baseline's JSON."""
+    from flowtrail.detect.baseline import Baseline
+    from flowtrail.detect.features import FEATURE_PATHS, Enrichment, build
+    from flowtrail.sources.batches import batches
+    from flowtrail.sources.decode import Decoder
+    from flowtrail.sources.files import Input
+    b = Baseline()
+    for bt in batches([Input(str(p)) for p in paths], Decoder(FEATURE_PATHS), None, workers=1):
+        ft = build(bt.table.filter(bt.table.column("flow").is_valid()), Enrichment())
+        step = rows or ft.num_rows
+        for start in range(0, ft.num_rows, step):
+            b.learn(ft.slice(start, step))
+    return b.to_json()
+
+
+def _expected_rates(*paths: Path) -> dict[str, dict[tuple[str, int], list[int]]]:
+    """Per family, (entity, UTC hour) -> per-minute counts, straight from the JSON lines."""
+    from collections import Counter
+
+    from flowtrail.model.timeutil import parse_rfc3339_ns
+    per_min: dict[str, Counter[tuple[str, int]]] = {"flows": Counter(), "drops": Counter()}
+    for p in paths:
+        for line in p.read_text().splitlines():
+            f = json.loads(line).get("flow")
+            if not f:
+                continue
+            t = parse_rfc3339_ns(f["time"])
+            assert t is not None
+            minute = t // 60_000_000_000
+            src, dst = f.get("source") or {}, f.get("destination") or {}
+            if src.get("namespace") and f.get("is_reply") is not True:
+                per_min["flows"][(f"{src['namespace']}/{src['workloads'][0]['name']}", minute)] += 1
+            if f.get("verdict") == "DROPPED":
+                order = (src, dst) if f.get("traffic_direction") == "EGRESS" else (dst, src)
+                ns = order[0].get("namespace") or order[1].get("namespace")
+                if ns:
+                    per_min["drops"][(ns, minute)] += 1
+    out: dict[str, dict[tuple[str, int], list[int]]] = {}
+    for fam, counts in per_min.items():
+        out[fam] = {}
+        for (ent, minute), n in counts.items():
+            out[fam].setdefault((ent, (minute // 60) % 24), []).append(n)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_hours(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Benign traffic at 02:00 and 08:00 UTC of one day (the simulator's night trough and morning)."""
+    from flowtrail.model.timeutil import parse_rfc3339_ns
+    d = tmp_path_factory.mktemp("rates")
+    night, day = d / "night.jsonl", d / "day.jsonl"
+    for out, start, seed in ((night, "2026-11-26T02:00:00Z", 31), (day, "2026-11-26T08:00:00Z", 32)):
+        simulate(Options(duration_ns=720 * NS, seed=seed, rate=40, start_ns=parse_rfc3339_ns(start) or 0,
+                         output=str(out)))
+    return night, day
+
+
+def test_baseline_learns_rates_per_utc_hour(two_hours: tuple[Path, Path], tmp_path: Path) -> None:
+    night, day = two_hours
+    base = tmp_path / "base.json"
+    res = flowtrail("baseline", "learn", str(night), str(day), "-o", str(base))
+    assert res.returncode == 0, res.stderr.decode()
+    data = json.loads(base.read_text())
+    assert data["format"] == "flowtrail-baseline/2" and data["sets"]["edges"]
+    rates = data["rates"]
+    assert rates["bin_ns"] == 60_000_000_000 and rates["hours"] == "UTC"
+    assert len(rates["coverage"]) == 2  # two 12-minute spans, not one per minute
+    expected = _expected_rates(night, day)
+    for fam in ("flows", "drops"):
+        got = {(ent, int(h)): v for ent, e in rates[fam].items() for h, v in e["hours"].items()}
+        assert got.keys() == expected[fam].keys(), fam
+        for key, counts in expected[fam].items():
+            assert got[key] == {"active": len(counts), "sum": sum(counts), "sumsq": sum(n * n for n in counts),
+                                "peak": max(counts)}, (fam, key)
+    web = rates["flows"]["frontend/web"]
+    assert set(web["hours"]) == {"02", "08"} and web["first_ns"] < web["last_ns"]
+    # the diurnal cycle is learned: the same workload is quieter at 02:00 than at 08:00
+    from flowtrail.detect.baseline import Baseline
+    prof = Baseline.load(base).rate_profile("flows")
+    i = prof.index["frontend/web"]
+    assert prof.mean[i, 2] < 0.8 * prof.mean[i, 8]
+    assert abs(prof.mean[i, 8] - web["hours"]["08"]["sum"] / 12) < 1e-9  # 12 covered minutes
+    assert not prof.pooled[i, 2] and prof.pooled[i, 14]  # an unseen hour falls back to all hours
+
+
+def test_baseline_update_equals_learning_at_once(two_hours: tuple[Path, Path], tmp_path: Path) -> None:
+    night, day = two_hours
+    once, first, updated = tmp_path / "once.json", tmp_path / "first.json", tmp_path / "updated.json"
+    assert flowtrail("baseline", "learn", str(night), str(day), "-o", str(once)).returncode == 0
+    assert flowtrail("baseline", "learn", str(night), "-o", str(first)).returncode == 0
+    res = flowtrail("baseline", "learn", str(day), "--update", str(first), "-o", str(updated))
+    assert res.returncode == 0, res.stderr.decode()
+    assert json.loads(updated.read_text()) == json.loads(once.read_text())
+    # and learning in slices of 333 rows gives the same per-minute statistics as whole batches
+    assert _learn_files([night, day], rows=333) == _learn_files([night, day])
+
+
+def test_baseline_rates_age_out(two_hours: tuple[Path, Path], tmp_path: Path) -> None:
+    night, day = two_hours
+    # two days later the dev namespace is gone: its workloads must leave the rates with --max-age
+    later = tmp_path / "later.jsonl"
+    lines = []
+    for line in day.read_text().splitlines(keepends=True):
+        f = json.loads(line)["flow"]
+        if "dev" in ((f.get("source") or {}).get("namespace"), (f.get("destination") or {}).get("namespace")):
+            continue
+        lines.append(line.replace('"2026-11-26T08:', '"2026-11-28T08:'))
+    later.write_text("".join(lines))
+    first, aged = tmp_path / "first.json", tmp_path / "aged.json"
+    assert flowtrail("baseline", "learn", str(night), str(day), "-o", str(first)).returncode == 0
+    res = flowtrail("baseline", "learn", str(later), "--update", str(first), "--max-age", "24h", "-o", str(aged))
+    assert res.returncode == 0, res.stderr.decode()
+    before, after = json.loads(first.read_text()), json.loads(aged.read_text())
+    gone = {e for e in before["rates"]["flows"] if e.startswith("dev/")}
+    assert gone and not gone & set(after["rates"]["flows"])
+    assert "dev" in before["rates"]["drops"] and "dev" not in after["rates"]["drops"]
+    assert not any(k.startswith("dev/") for k in after["sets"]["edges"])
+    # live entities keep their history (and the coverage it is divided by)
+    web = after["rates"]["flows"]["frontend/web"]
+    assert set(web["hours"]) == {"02", "08"}
+    assert web["hours"]["02"] == before["rates"]["flows"]["frontend/web"]["hours"]["02"]
+    assert after["rates"]["coverage"][0] == before["rates"]["coverage"][0] and len(after["rates"]["coverage"]) == 3
+
+
+def test_baseline_v1_loads_without_rates(tmp_path: Path) -> None:
+    from flowtrail.detect.baseline import Baseline
+    fixtures = fixture_dir(RULES[0])
+    v2 = json.loads((fixtures / "baseline.json").read_text())
+    v1 = {"format": "flowtrail-baseline/1", "flows": v2["flows"], "first_ns": v2["first_ns"],
+          "last_ns": v2["last_ns"], "sets": v2["sets"]}
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(v1))
+    b = Baseline.load(path)
+    assert b.sets == v2["sets"] and not b.rate_profile("flows").index
+    out = tmp_path / "v2.json"
+    b.save(out)
+    again = json.loads(out.read_text())
+    assert again["format"] == "flowtrail-baseline/2" and again["sets"] == v2["sets"]
+    assert again["rates"]["flows"] == {} and again["rates"]["coverage"] == []
+    # rate rules still run: no entity is known, so the floor alone decides
+    res = flowtrail("detect", str(fixtures / "flow-burst.jsonl.gz"), "--baseline", str(path), "-o", "json")
+    assert res.returncode == 0, res.stderr.decode()
+    spikes = [a for a in map(json.loads, res.stdout.splitlines()) if a["rule"] == "anomaly.flow-rate-spike"]
+    assert spikes and all(a["details"]["baseline"] == "entity not in the baseline: floor only" for a in spikes)
+    assert spikes[0]["details"]["threshold"] == 300
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**v2, "rates": {**v2["rates"], "bin_ns": 1}}))
+    with pytest.raises(ValueError, match="bad rates section"):
+        Baseline.load(bad)
+
+
+def _rate_alerts(rule_id: str, path: Path, baseline: object, batch_lines: int | None = None,
+                 drain: bool = False) -> tuple[list[dict], int, bool]:
+    """The rule alone over a fixture file with a baseline, as one batch per decoded block or in
+    slices of `batch_lines` rows; `drain`: hand alerts out like the live monitor does. Returns the
+    alerts, the groups evicted, and whether every group's state spans at most the window."""
+    from flowtrail.detect.aggregate import BaselineRate
+    from flowtrail.detect.engine import Engine
+    from flowtrail.detect.features import Enrichment
+    from flowtrail.sources.batches import batches
+    from flowtrail.sources.decode import Decoder
+    from flowtrail.sources.files import Input
+    from flowtrail.sources.peek import first_time_ns
+    rule = next(r for r in load_rules() if r.id == rule_id)
+    engine = Engine([rule], Enrichment(), baseline)
+    assert engine.rules, "a baseline_rate rule runs when a baseline is given"
+    engine.start_at(first_time_ns(Input(str(path))))
+    drained = []
+    for b in batches([Input(str(path))], Decoder(engine.paths), engine.prefilter(), workers=1):
+        step = batch_lines or b.table.num_rows
+        for start in range(0, b.table.num_rows, step):
+            engine.process(b.table.slice(start, step))
+            if drain:
+                drained.extend(engine.drain())
+    alerts = drained if drain else engine.alerts()
+    agg = engine.rules[0].agg
+    assert isinstance(agg, BaselineRate)
+    bounded = all(int(t[-1]) - int(t[0]) <= agg.window for t in agg.tails.values())
+    return [a.to_json() for a in alerts if a.rule == rule_id], engine.stats.evicted, bounded
+
+
+@pytest.mark.parametrize(("rule_id", "fixture"), [("anomaly.flow-rate-spike", "flow-burst.jsonl.gz"),
+                                                  ("anomaly.drop-rate-spike", "drop-spike.jsonl.gz")])
+def test_baseline_rate_streaming_equals_batch(rule_id: str, fixture: str) -> None:
+    from flowtrail.detect.baseline import Baseline
+    d = fixture_dir(RULES[0])
+    whole, _, _ = _rate_alerts(rule_id, d / fixture, Baseline.load(d / "baseline.json"))
+    small, _, _ = _rate_alerts(rule_id, d / fixture, Baseline.load(d / "baseline.json"), batch_lines=7)
+    assert whole and whole == small
+    live, evicted, bounded = _rate_alerts(rule_id, d / fixture, Baseline.load(d / "baseline.json"),
+                                          batch_lines=50, drain=True)
+    assert [a["id"] for a in live] == [a["id"] for a in whole]
+    assert [a["details"] for a in live] == [a["details"] for a in whole]
+    # state is the window's flows per group; drain() forgets the groups idle for a while (the
+    # flow fixture has workloads that go quiet; the drop spike lasts to the end of its file)
+    assert bounded
+    assert evicted > 0 or rule_id == "anomaly.drop-rate-spike"
+
+
+def test_baseline_rate_fires_at_the_right_flow() -> None:
+    """flow-burst: app/worker opens 60 connections in a minute at 02:10 UTC. The alert fires at
+    the first of its flows at which the last minute holds more than 3x its learned normal for
+    02:00 (mean + 3 sd per minute), recomputed here from the baseline file; the same flows six
+    hours later, at 08:10, stay under the daytime normal and raise nothing."""
+    import gzip as gz
+    import math
+
+    from flowtrail.detect.alerts import iso_ns
+    from flowtrail.detect.baseline import Baseline
+    from flowtrail.model.timeutil import parse_rfc3339_ns
+    d = fixture_dir(RULES[0])
+    path = d / "flow-burst.jsonl.gz"
+    alerts, _, _ = _rate_alerts("anomaly.flow-rate-spike", path, Baseline.load(d / "baseline.json"))
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert a["entity"]["workload"] == "worker" and a["entity"]["namespace"] == "app"
+    base = json.loads((d / "baseline.json").read_text())
+    h = base["rates"]["flows"]["app/worker"]["hours"]["02"]
+    covered = 30  # the baseline's night history: 02:00-02:30, the worker active from its first minute
+    mean = h["sum"] / covered
+    normal = mean + 3 * math.sqrt(h["sumsq"] / covered - mean * mean)
+    limit = max(300, math.floor(3 * normal) + 1)
+    assert a["details"]["threshold"] == limit and a["details"]["hour_utc"] == 2
+    assert a["details"]["baseline"]["normal"] == pytest.approx(normal, abs=0.01)
+    lines = gz.decompress(path.read_bytes()).decode().splitlines(keepends=True)
+    times = []
+    for line in lines:
+        f = json.loads(line)["flow"]
+        if (f["source"].get("workloads") or [{}])[0].get("name") == "worker" and f.get("is_reply") is not True:
+            times.append(parse_rfc3339_ns(f["time"]) or 0)
+    times.sort()
+    window = 60 * NS
+    first = next(i for i, t in enumerate(times) if sum(1 for u in times[:i + 1] if u >= t - window) >= limit)
+    assert a["detected_at"] == iso_ns(times[first])
+    assert a["details"]["events_in_window"] == limit
+    # the same burst in the morning is within the worker's daytime normal
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        morning = Path(tmp) / "morning.jsonl"
+        morning.write_text("".join(x.replace('"2026-11-27T02:', '"2026-11-27T08:') for x in lines))
+        day_alerts, _, _ = _rate_alerts("anomaly.flow-rate-spike", morning, Baseline.load(d / "baseline.json"))
+    assert day_alerts == []
+
+
+def test_baseline_rate_rule_validation() -> None:
+    head = ("rules:\n  - id: my.rate\n    title: t\n    category: anomaly\n    severity: medium\n"
+            "    description: d\n")
+    ok = head + "    group_by: [src.wl_key]\n    aggregate: {function: baseline_rate, rates: flows, threshold: 10}\n"
+    assert parse_rules(ok, "x.yaml")[0].aggregate["rates"] == "flows"
+    with pytest.raises(RuleError, match=r"needs aggregate\.rates"):
+        parse_rules(ok.replace("rates: flows, ", ""), "x.yaml")
+    with pytest.raises(RuleError, match=r"groups by \[drop.namespace\]"):
+        parse_rules(ok.replace("rates: flows", "rates: drops"), "x.yaml")
+    with pytest.raises(RuleError, match="rates"):
+        parse_rules(ok.replace("rates: flows", "rates: bytes"), "x.yaml")
+    with pytest.raises(RuleError, match="takes no baseline_window"):
+        parse_rules(ok.replace("threshold: 10", "threshold: 10, baseline_window: 1h"), "x.yaml")
+    with pytest.raises(RuleError, match="for baseline_rate only"):
+        parse_rules(ok.replace("baseline_rate", "event_count"), "x.yaml")
+    # without --baseline the rate rules stay off, like the other anomaly rules
+    from flowtrail.detect.engine import Engine
+    assert not Engine(parse_rules(ok, "x.yaml")).rules

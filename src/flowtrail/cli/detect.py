@@ -12,7 +12,7 @@ import orjson
 import yaml
 
 from flowtrail.detect.alerts import Alert
-from flowtrail.detect.baseline import Baseline, BaselineError
+from flowtrail.detect.baseline import RATE_ENTITY, Baseline, BaselineError
 from flowtrail.detect.engine import Engine
 from flowtrail.detect.features import FEATURE_PATHS, Enrichment, build
 from flowtrail.detect.rules import SEVERITIES, Rule, RuleError, apply_config, load_rules
@@ -278,11 +278,15 @@ def baseline_cmd() -> None:
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("-o", "--output", "out", required=True, help="Baseline JSON to write.")
 @click.option("--update", "update", default=None, help="Start from this baseline (incremental update).")
-@click.option("--max-age", default="720h", show_default=True, help="Forget items not seen for this long.")
+@click.option("--max-age", default="720h", show_default=True,
+              help="Forget items (edges, domains, rate entities) not seen for this long.")
 @click.option("--config", "config_path", default=None)
 @click.option("--workers", type=int, default=None)
 def baseline_learn(inputs: tuple[str, ...], paths: tuple[str, ...], out: str, update: str | None, max_age: str,
                    config_path: str | None, workers: int | None) -> None:
+    """Learn normal behaviour from history: edges, namespace pairs, external destinations and
+    domains per workload, and flows per workload and drops per namespace per minute at each UTC
+    hour of the day (for the anomaly rules of `detect --baseline`)."""
     config = load_config(config_path)
     enrichment = enrichment_from(config, ())
     base = Baseline()
@@ -300,4 +304,6 @@ def baseline_learn(inputs: tuple[str, ...], paths: tuple[str, ...], out: str, up
     removed = base.age_out(age)
     base.save(out)
     sizes = ", ".join(f"{len(v):,} {k}" for k, v in base.sets.items())
-    click.echo(f"baseline: {base.flows:,} flows learned; {sizes}; {removed} aged out -> {out}", err=True)
+    rates = ", ".join(f"{base.rate_entities(f):,} {RATE_ENTITY[f]} ({f})" for f in RATE_ENTITY)
+    click.echo(f"baseline: {base.flows:,} flows learned; {sizes}; rates per UTC hour of {rates} over "
+               f"{base.covered_hours():,.1f} h; {removed} aged out -> {out}", err=True)

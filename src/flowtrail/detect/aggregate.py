@@ -7,13 +7,15 @@ of the group joins it until the suppression interval has passed. State carried b
 is bounded (window tails, value→last-seen maps within the timespan), so feeding a file as one
 batch or as many small ones gives the same alerts.
 
-Work is per group with numpy (`event_count`, `match`); `value_count` and `rate_spike` step
-through the group's rows because a sliding distinct count has no closed vectorized form, but
-they only ever see rows their rule selected (drops, DNS answers), not the flow stream.
+Work is per group with numpy (`event_count`, `baseline_rate`, `match`); `value_count` and
+`rate_spike` step through the group's rows because a sliding distinct count has no closed
+vectorized form, but they only ever see rows their rule selected (drops, DNS answers), not the
+flow stream.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +23,10 @@ from typing import Any
 import numpy as np
 
 from flowtrail.detect.alerts import EVIDENCE_LIMIT, Alert, entity_of
+from flowtrail.detect.baseline import MINUTE_NS, Baseline
 from flowtrail.detect.rules import Rule
+
+HOUR_NS = 60 * MINUTE_NS
 
 
 @dataclass
@@ -48,6 +53,11 @@ class Aggregator:
         change a verdict; returns how many. Keeps a long-running monitor's memory bounded by the
         groups active within a window, not by every group ever seen."""
         return 0
+
+    def details(self, at: int) -> dict[str, Any]:
+        """What the alert opened at row `at` of the last group records about the aggregate."""
+        return {"events_in_window": int(self.values[at]), "threshold": getattr(self, "threshold", 0)}
+
 
 class Match(Aggregator):
     def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
@@ -117,6 +127,9 @@ class ValueCount(Aggregator):
             del self.seen[g.key]
         return out
 
+    def details(self, at: int) -> dict[str, Any]:
+        return {"distinct": int(self.values[at]), "threshold": self.threshold}
+
     def evict(self, horizon: int) -> int:
         # an OrderedDict kept in recency order: its last value is the group's newest
         old = [k for k, seen in self.seen.items() if not seen or next(reversed(seen.values())) < horizon - self.window]
@@ -172,6 +185,9 @@ class RateSpike(Aggregator):
             del buckets[k]
         return out
 
+    def details(self, at: int) -> dict[str, Any]:
+        return {"events_in_window": int(self.values[at]), "threshold": self.floor}
+
     def evict(self, horizon: int) -> int:
         # idle for longer than the trailing history plus a window: its buckets no longer count
         cut = horizon - self.history - self.window
@@ -182,8 +198,90 @@ class RateSpike(Aggregator):
         return len(old)
 
 
-def make_aggregator(rule: Rule) -> Aggregator:
+class BaselineRate(Aggregator):
+    """Rows of the group in the last `timespan` ≥ `threshold` (a floor against noise) and >
+    `factor` × the group's normal count per timespan at the flow's UTC hour, as learned by
+    `flowtrail baseline learn` (detect/baseline.py, the rate family named by `rates`).
+
+    normal = mean·w + SIGMAS·σ·√w for a window of w minutes, from the learned per-minute mean and
+    standard deviation at that hour: the top of the usual band, so an entity whose traffic is
+    bursty by nature needs a bigger burst. An entity the baseline never saw (a new workload, a
+    namespace that never dropped) has no normal: the floor alone decides, which keeps a flood
+    from a brand-new workload visible without alerting on every new workload.
+
+    State per group: the window's flow times (a flood only costs the window it fills) and the 24
+    hourly limits, both forgotten by evict()."""
+
+    SIGMAS = 3.0
+
+    def __init__(self, rule: Rule, baseline: Baseline | None) -> None:
+        super().__init__(rule)
+        self.window = rule.duration(rule.aggregate.get("timespan", "1m"))
+        self.floor = float(rule.value(rule.aggregate["threshold"]))
+        self.factor = float(rule.value(rule.aggregate.get("factor", 3)))
+        self.profile = baseline.rate_profile(str(rule.aggregate["rates"])) if baseline is not None else None
+        self.tails: dict[str, np.ndarray] = {}
+        self.limits: dict[str, np.ndarray] = {}  # per group: the smallest firing count per UTC hour
+        self.key = ""
+        self.hours = np.zeros(0, dtype=np.int64)  # UTC hour of each row of the last group
+
+    def _normal(self, key: str) -> np.ndarray | None:
+        i = self.profile.index.get(key) if self.profile is not None else None
+        if i is None or self.profile is None:
+            return None
+        w = self.window / MINUTE_NS
+        return self.profile.mean[i] * w + self.SIGMAS * self.profile.std[i] * math.sqrt(w)
+
+    def _limits(self, key: str) -> np.ndarray:
+        lim = self.limits.get(key)
+        if lim is None:
+            floor = max(1, math.ceil(self.floor))
+            normal = self._normal(key)
+            lim = np.full(24, floor, dtype=np.int64) if normal is None else np.maximum(
+                floor, np.floor(self.factor * normal).astype(np.int64) + 1)
+            self.limits[key] = lim
+        return lim
+
+    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+        tail = self.tails.get(g.key)
+        allt = g.times if tail is None else np.concatenate([tail, g.times])
+        off = 0 if tail is None else len(tail)
+        lo = np.searchsorted(allt, g.times - self.window, side="left")
+        counts = np.arange(off, off + len(g.times)) - lo + 1
+        self.values, self.starts = counts, allt[lo]
+        self.key, self.hours = g.key, (g.times // HOUR_NS) % 24
+        # the whole window stays: the count and first_seen of a later alert must not depend on
+        # where the batches were cut
+        self.tails[g.key] = allt[np.searchsorted(allt, allt[-1] - self.window, side="left"):]
+        return counts >= self._limits(g.key)[self.hours]
+
+    def evict(self, horizon: int) -> int:
+        old = [k for k, t in self.tails.items() if not len(t) or int(t[-1]) < horizon - self.window]
+        for k in old:
+            del self.tails[k]
+            self.limits.pop(k, None)
+        return len(old)
+
+    def details(self, at: int) -> dict[str, Any]:
+        h = int(self.hours[at])
+        out: dict[str, Any] = {"events_in_window": int(self.values[at]),
+                               "threshold": int(self._limits(self.key)[h]), "hour_utc": h}
+        normal = self._normal(self.key)
+        if normal is None or self.profile is None:
+            out["baseline"] = "entity not in the baseline: floor only"
+            return out
+        i = self.profile.index[self.key]
+        w = self.window / MINUTE_NS
+        out["baseline"] = {"mean": round(float(self.profile.mean[i, h]) * w, 2),
+                           "normal": round(float(normal[h]), 2), "peak_per_minute": int(self.profile.peak[i, h]),
+                           "all_hours": bool(self.profile.pooled[i, h])}
+        return out
+
+
+def make_aggregator(rule: Rule, baseline: Baseline | None = None) -> Aggregator:
     fn = rule.aggregate["function"]
+    if fn == "baseline_rate":
+        return BaselineRate(rule, baseline)
     return {"match": Match, "event_count": EventCount, "value_count": ValueCount, "rate_spike": RateSpike}[fn](rule)
 
 
@@ -230,9 +328,7 @@ class Alerts:
             if explanation:
                 alert.details["explanation"] = explanation
             if not isinstance(agg, Match):
-                what = "distinct" if isinstance(agg, ValueCount) else "events_in_window"
-                alert.details[what] = int(agg.values[at])
-                alert.details["threshold"] = agg.floor if isinstance(agg, RateSpike) else getattr(agg, "threshold", 0)
+                alert.details.update(agg.details(at))
             self.open[g.key] = alert
             pos = at
         if alert is not None:

@@ -100,6 +100,9 @@ def compile_where(rule: Rule) -> MaskFn:
 
 
 def needs_baseline(rule: Rule) -> bool:
+    if rule.aggregate.get("function") == "baseline_rate":
+        return True  # compares with the learned per-hour rates
+
     def walk(conds: list[dict[str, Any]]) -> bool:
         for c in conds:
             if "in_baseline" in c or "not_in_baseline" in c:

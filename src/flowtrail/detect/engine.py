@@ -107,7 +107,7 @@ class Engine:
         for r in rules:
             if not r.enabled:
                 continue
-            if needs_baseline(r) and baseline is None:
+            if (needs_baseline(r) or r.aggregate["function"] == "baseline_rate") and baseline is None:
                 continue
             if needs_policy(r) and policy is None:
                 continue
@@ -138,8 +138,8 @@ class Engine:
                 cols.add(_ENTITY_WORKLOAD[r.entity])
             if "field" in r.aggregate:
                 cols.add(r.aggregate["field"])
-            self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r), Alerts(r), needles,
-                                           sorted(cols)))
+            self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r, baseline), Alerts(r),
+                                           needles, sorted(cols)))
         paths = set(FEATURE_PATHS)
         if policy is not None:
             from flowtrail.policy.replay import REPLAY_PATHS

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from flowtrail.detect.baseline import RATE_ENTITY
 from flowtrail.detect.features import FEATURE_NAMES
 from flowtrail.model.timeutil import parse_go_duration_ns
 
@@ -73,13 +74,14 @@ RULE_SCHEMA: dict[str, Any] = {
             "peers": {"type": "string"},
             "explain": {"type": "string"},
             "aggregate": {"type": "object", "required": ["function"], "additionalProperties": False, "properties": {
-                "function": {"enum": ["match", "event_count", "value_count", "rate_spike"]},
+                "function": {"enum": ["match", "event_count", "value_count", "rate_spike", "baseline_rate"]},
                 "field": {"type": "string"},
                 "timespan": _DURATION,
                 "threshold": _NUM,
                 "baseline_window": _DURATION,
                 "warmup": _DURATION,
                 "factor": _NUM,
+                "rates": {"enum": list(RATE_ENTITY)},
             }},
             "suppress": _DURATION,
             "tunables": {"type": "object", "additionalProperties": {
@@ -235,8 +237,23 @@ def check_rule(rule: Rule) -> None:
     fn = rule.aggregate["function"]
     if fn == "value_count" and "field" not in rule.aggregate:
         raise RuleError(f"{rule.source}: {rule.id}: value_count needs aggregate.field")
-    if fn in ("event_count", "value_count", "rate_spike") and "threshold" not in rule.aggregate:
+    if fn in ("event_count", "value_count", "rate_spike", "baseline_rate") and "threshold" not in rule.aggregate:
         raise RuleError(f"{rule.source}: {rule.id}: {fn} needs aggregate.threshold")
+    if fn == "baseline_rate":
+        # the learned counts are per entity of a fixed family: comparing them with another
+        # grouping would compare unlike things
+        family = rule.aggregate.get("rates")
+        if family is None:
+            raise RuleError(f"{rule.source}: {rule.id}: baseline_rate needs aggregate.rates "
+                            f"({' or '.join(RATE_ENTITY)})")
+        if rule.group_by != [RATE_ENTITY[family]]:
+            raise RuleError(f"{rule.source}: {rule.id}: baseline_rate over {family} groups by "
+                            f"[{RATE_ENTITY[family]}] (the baseline's entity), not {rule.group_by}")
+        extra = sorted(set(rule.aggregate) & {"field", "baseline_window", "warmup"})
+        if extra:
+            raise RuleError(f"{rule.source}: {rule.id}: baseline_rate takes no {', '.join(extra)}")
+    elif "rates" in rule.aggregate:
+        raise RuleError(f"{rule.source}: {rule.id}: aggregate.rates is for baseline_rate only")
     for c in _iter_conds(rule.where):
         for op in OPS:
             if op in c and op == "regex":
