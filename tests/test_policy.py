@@ -572,3 +572,256 @@ def test_whatif_reports_breakage_and_new_allows(tmp_path: Path) -> None:
     (breaks,) = [o for o in out if o["type"] == "breaks"]
     assert (breaks["src"], breaks["dst"], breaks["port"], breaks["count"]) == ("x/b", "x/a", 80, 3)
     assert out[-1]["type"] == "summary" and out[-1]["breaks"] == 3
+
+
+# ---- the replay shares verdicts between pods of one identity: reports as if it did not -----------
+
+# the database policy the demo cluster means to enforce (frontend/web is not among its clients:
+# the policy-gap scenario plants that bypass), plus constructs whose verdicts depend on more than
+# the endpoints' identities: ipBlock over the pod network (pod IPs count with --cni kubernetes),
+# named ports (resolved with an inventory), CIDR rules that tell apart addresses of one name,
+# HTTP rules with a header, DNS rules, toFQDNs, toServices, ICMP, world-ipv4
+LAB_POLICIES = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: postgres-clients, namespace: database}
+spec:
+  podSelector: {matchLabels: {app: postgres}}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: app}}
+          podSelector: {matchExpressions: [{key: app, operator: In, values: [api, worker]}]}
+        - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: payments}}
+        - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: dev}}
+      ports: [{port: 5432}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: redis-from-nodes-0-3, namespace: database}
+spec:
+  podSelector: {matchLabels: {app: redis}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{ipBlock: {cidr: 10.0.0.0/20, except: [10.0.4.0/22]}}]
+      ports: [{port: 6379}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-named-port, namespace: app}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {team: web}}}]
+      ports: [{port: http}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-http, namespace: frontend}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEntities: [world, cluster]
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}]
+          rules: {http: [{method: GET, path: "/(static/.*|api/session)", headers: [Accept]}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ingress-to-web, namespace: ingress-nginx}
+spec:
+  endpointSelector: {}
+  egress:
+    - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: frontend, app: web}}]
+      toPorts: [{ports: [{port: "8080"}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: worker-egress, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: worker}}
+  egress:
+    - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}}]
+      toPorts:
+        - ports: [{port: "53", protocol: ANY}]
+          rules: {dns: [{matchPattern: "*.eu-west-1.amazonaws.com"}, {matchName: api.stripe.com}]}
+    - toFQDNs: [{matchPattern: "*.eu-west-1.amazonaws.com"}]
+      toPorts: [{ports: [{port: "443"}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cart-egress, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: cart}}
+  egress:
+    - toServices: [{k8sService: {serviceName: postgres, namespace: database}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: sandbox-egress, namespace: dev}
+spec:
+  endpointSelector: {matchLabels: {app: sandbox}}
+  egress:
+    - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: database}}]
+      toPorts: [{ports: [{port: "5432"}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ci-egress, namespace: dev}
+spec:
+  endpointSelector: {matchLabels: {app: ci-runner}}
+  egress:
+    - toEntities: [world-ipv4]
+      toPorts: [{ports: [{port: "443"}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: deny-bad-nets}
+spec:
+  endpointSelector: {}
+  egressDeny:
+    - toCIDRSet: [{cidr: 45.0.0.0/8, except: [45.1.0.0/16]}, {cidr: 185.220.0.0/16}, {cidr: 151.101.64.0/18}]
+    - icmps: [{fields: [{type: 8, family: IPv4}]}]
+      toEntities: [world]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab_replay(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A lab capture with a planted bypass (and scans, C2, exfiltration), its policies and an
+    inventory knowing every other pod of it (with named container ports)."""
+    from flowtrail.lab.simulate import NS, Options, simulate
+
+    d = tmp_path_factory.mktemp("replay")
+    flows = d / "flows.jsonl"
+    simulate(Options(scenarios=["policy-gap:at=0.3,span=1m", "port-scan:at=0.5,ports=40", "dns-c2:at=0.6,span=1m",
+                                "exfiltration:at=0.7,span=1m", "namespace-breach:at=0.8,span=1m"],
+                     duration_ns=180 * NS, seed=11, rate=60, output=str(flows), workers=1))
+    # pods of one workload and one identity: traffic to itself is never blocked, to a sibling is
+    with flows.open("a") as f:
+        f.write(hubble_flow("self-1", A, A, 80, "FORWARDED", "INGRESS", t=7)
+                + hubble_flow("sibling-1", ("x", "a-2", "a"), A, 80, "FORWARDED", "INGRESS", t=8)
+                + hubble_flow("self-2", A, A, 80, "FORWARDED", "INGRESS", t=9))
+    pol = d / "policies.yaml"
+    pol.write_text(LAB_POLICIES + "---\n" + yaml.safe_dump_all([DENY_A_INGRESS, ALLOW_B]))
+    pods: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in flows.read_text().splitlines():
+        flow = json.loads(line)["flow"]
+        for side, ip in (("source", flow["IP"]["source"]), ("destination", flow["IP"]["destination"])):
+            ep = flow.get(side) or {}
+            if ep.get("pod_name") and ep.get("namespace"):
+                labels = dict(x[4:].split("=", 1) for x in ep.get("labels", [])
+                              if x.startswith("k8s:") and not x.startswith(("k8s:io.cilium", "k8s:io.kubernetes")))
+                pods[(ep["namespace"], ep["pod_name"])] = {"ip": ip, "labels": labels}
+    items: list[dict[str, Any]] = [{"kind": "Namespace", "metadata": {"name": ns, "labels": {"team": "web"}}}
+                                   for ns in ("frontend",)]
+    for (ns, name), p in sorted(pods.items())[::2]:
+        items.append({"kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": p["labels"]},
+                      "spec": {"containers": [{"name": "c", "ports": [
+                          {"name": "http", "containerPort": 8080}, {"name": "postgres", "containerPort": 5432}]}]},
+                      "status": {"podIP": p["ip"]}})
+    items.append({"kind": "Service", "metadata": {"name": "postgres", "namespace": "database"},
+                  "spec": {"selector": {"app": "postgres"}, "clusterIP": "172.20.5.5"}})
+    inv = d / "inventory.json"
+    inv.write_text(json.dumps({"kind": "List", "items": items}))
+    return flows, pol, inv
+
+
+@pytest.mark.parametrize("cni,with_inventory", [("cilium", False), ("kubernetes", True)])
+def test_replay_identity_keying_reports_as_per_connection(lab_replay: tuple[Path, Path, Path], cni: str,
+                                                          with_inventory: bool) -> None:
+    flows, pol, inv = lab_replay
+    args = ["--policies", str(pol), "--input-file", str(flows), "-o", "json", "--workers", "1", "--cni", cni]
+    if with_inventory:
+        args += ["--inventory", str(inv)]
+    for cmd in ("audit", "whatif"):
+        fast = CliRunner().invoke(cli, ["policy", cmd, *args])
+        reference = CliRunner().invoke(cli, ["policy", cmd, *args, "--per-connection"])
+        assert fast.exit_code == 0 and reference.exit_code == 0, fast.output + reference.output
+        # groups, counts, example uuids, first/last seen, explanations, coverage, unused rules
+        assert fast.stdout == reference.stdout
+        out = [json.loads(x) for x in fast.stdout.splitlines()]
+        assert out[-1]["type"] == "summary" and out[-1]["connections"] > 1000
+        if cmd == "audit":
+            bypass = {(o["src"], o["dst"], o["port"]) for o in out if o["type"] == "bypass"}
+            assert ("frontend/web", "database/postgres", 5432) in bypass
+            assert ("x/a", "x/a", 80) in bypass  # the sibling; never the pod's traffic to itself
+            (sib,) = [o for o in out if o["type"] == "bypass" and o["src"] == "x/a"]
+            assert sib["example_uuids"] == ["sibling-1"] and "x/a-2" in sib["explanation"]
+            assert {o["type"] for o in out} >= {"bypass", "unselected", "unused-rule"}
+
+
+def test_replay_workload_keys_match_detect_features(lab_replay: tuple[Path, Path, Path]) -> None:
+    """The replay computes detect.features' `wl_key` for the rows it reports, not the whole
+    feature set: the same values."""
+    from flowtrail.detect.features import Enrichment, build
+    from flowtrail.policy.replay import REPLAY_PATHS, workload_key
+    from flowtrail.sources.batches import batches
+    from flowtrail.sources.decode import Decoder
+    from flowtrail.sources.files import expand_inputs
+
+    flows, _, _ = lab_replay
+    checked = 0
+    for b in batches(expand_inputs([str(flows)]), Decoder(REPLAY_PATHS), None, 1):
+        if not b.table.num_rows:
+            continue
+        feats = build(b.table, Enrichment())
+        for flow, src, dst in zip(b.table.column("flow").to_pylist(), feats.column("src.wl_key").to_pylist(),
+                                  feats.column("dst.wl_key").to_pylist(), strict=True):
+            for side, ip, want in (("source", "source", src), ("destination", "destination", dst)):
+                ep = flow[side] or {}
+                first = (ep.get("workloads") or [None])[0] or {}
+                got = workload_key(ep.get("namespace"), ep.get("pod_name"), (flow["IP"] or {}).get(ip),
+                                   first.get("name"), tuple(ep.get("labels") or ()))
+                assert got == want, (flow, side)
+                checked += 1
+    assert checked > 10_000
+
+
+def test_replay_groups_match_folding_connection_by_connection(lab_replay: tuple[Path, Path, Path]) -> None:
+    """group_rows folds a batch's finding rows with numpy: the same groups (counts, first/last
+    seen, example uuids, verdict, observed verdict) as folding them one connection at a time,
+    connections in order of first appearance and each one's rows in order."""
+    import numpy as np
+
+    from flowtrail.policy.endpoints import Inventory
+    from flowtrail.policy.replay import REPLAY_PATHS, Group, Replayer, RowVerdicts, classify_audit, group_rows
+    from flowtrail.sources.batches import batches
+    from flowtrail.sources.decode import Decoder
+    from flowtrail.sources.files import expand_inputs
+
+    def fold(groups: dict[tuple[Any, ...], Group], kind: str, mask: np.ndarray, rv: RowVerdicts) -> None:
+        times, uuids = rv.times(), rv.feats.column("uuid").to_pylist()
+        observed = rv.feats.column("verdict").to_pylist()
+        rows_of: dict[int, list[int]] = {}
+        for r in np.flatnonzero(mask).tolist():
+            rows_of.setdefault(int(rv.key[r]), []).append(r)
+        for k, rows in sorted(rows_of.items()):
+            (src,), (dst,) = rv.workload_keys(np.array(rows[:1]))
+            v = rv.verdicts[k]
+            gk = (kind, src or v.connection.src.key(), dst or v.connection.dst.key(), v.connection.protocol,
+                  v.connection.port)
+            g = groups.setdefault(gk, Group(*gk, verdict=v, observed=str(observed[rows[0]])))
+            g.add(len(rows), int(times[rows].min()), int(times[rows].max()), [uuids[r] for r in rows[:3] if uuids[r]])
+
+    flows, pol, _ = lab_replay
+    rp = Replayer(Evaluator(load_policies([str(pol)]), "cilium"), Inventory())
+    fast: dict[tuple[Any, ...], Group] = {}
+    slow: dict[tuple[Any, ...], Group] = {}
+    numbered = 0
+    for b in batches(expand_inputs([str(flows)]), Decoder(REPLAY_PATHS), None, 1):
+        if not b.table.num_rows:
+            continue
+        rv = rp.feed(b.table)
+        # connections new in this batch are numbered in the order of their first rows
+        firsts = [int(np.flatnonzero(rv.key == c)[0]) for c in range(numbered, len(rv.verdicts))]
+        assert firsts == sorted(firsts)
+        numbered = len(rv.verdicts)
+        for kind, mask in classify_audit(rv).items():
+            group_rows(fast, kind, mask, rv)
+            fold(slow, kind, mask, rv)
+    assert numbered > 1000 and len(fast) > 20
+    assert list(fast) == list(slow) and fast == slow
+    # pods of one identity share their verdict flags: far fewer evaluations than connections
+    assert rp.evaluations < numbered / 2

@@ -242,15 +242,39 @@ class Evaluator:
 
     # ---- verdicts ----
 
-    def evaluate(self, conn: Connection) -> Verdict:
+    def directions(self, conn: Connection) -> tuple[DirectionResult, DirectionResult] | None:
+        """The source's egress and the destination's ingress result; None for a pod's traffic to
+        itself, which no policy can block.
+
+        Neither reads the connection's L7 facts (``http``, ``dns_query``): those only matter to
+        `l7_allows`, so a replay evaluates the directions once for many requests.
+        """
         if conn.src.is_pod and conn.dst.is_pod and _same_pod(conn.src, conn.dst):
+            return None
+        return (self.direction(conn.src, conn.dst, "egress", conn),
+                self.direction(conn.dst, conn.src, "ingress", conn))
+
+    def l7_allows(self, eg: DirectionResult, ig: DirectionResult, conn: Connection) -> bool:
+        """Whether the L7 proxies let ``conn`` through, given directions that both allow it: the
+        decision of `_l7` without its text (a replay asks once per distinct request)."""
+        for res in (eg, ig):
+            if res.l7_http:
+                if conn.http is not None and not any(_http_matches(h, conn.http) for _, h in res.l7_http):
+                    return False
+            elif (res.l7_dns and conn.dns_query is not None
+                  and not any(s.matches(conn.dns_query) for _, s in res.l7_dns)):
+                return False
+        return True
+
+    def evaluate(self, conn: Connection) -> Verdict:
+        dirs = self.directions(conn)
+        if dirs is None:
             eg = DirectionResult("egress", conn.src, "self")
             ig = DirectionResult("ingress", conn.dst, "self")
             v = Verdict(True, conn, eg, ig)
             v.explanation = "allowed: a pod cannot block traffic to itself (Kubernetes docs, §1.7)"
             return v
-        eg = self.direction(conn.src, conn.dst, "egress", conn)
-        ig = self.direction(conn.dst, conn.src, "ingress", conn)
+        eg, ig = dirs
         v = Verdict(True, conn, eg, ig)
         v.notes = eg.notes + ig.notes
         # the packet meets the source's egress first, so an egress drop is what Hubble reports
