@@ -3,7 +3,7 @@
     python bench/bench_detect.py [--flows 1000000] [--repeat 3] [--write-md docs/benchmarks.md]
 
 Input is the core benchmark file (bench/genflows.py, ~1.7 KB per flow). flowtrail runs every
-default rule (25 rules; intel and baseline rules are given a feed and a baseline so all are
+default rule (27 rules; intel and baseline rules are given a feed and a baseline so all are
 active); jq, what a user would script instead, evaluates only three single-flow conditions
 (kube-apiserver access from outside kube-system/monitoring, world egress from production,
 DNS names under .xyz/.top) with no windows, grouping or state. Prints median wall seconds,
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(tmp) / "baseline.json"
         subprocess.run([ft, "baseline", "learn", str(data), "-o", str(base)], check=True, capture_output=True)
         cases = [
-            ("flowtrail detect (25 rules, intel + baseline)",
+            ("flowtrail detect (27 rules, intel + baseline)",
              [ft, "detect", str(data), "-o", "json", "--intel", str(fixtures / "intel.txt"), "--baseline", str(base)],
              args.repeat),
             ("flowtrail detect (default: 18 rules without intel/baseline)", [ft, "detect", str(data), "-o", "json"],
