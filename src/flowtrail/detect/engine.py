@@ -217,13 +217,17 @@ class Engine:
         rv = self.policy.feed(table)
         found = classify_audit(rv)
         bypass = found["bypass"]
-        explain: list[str | None] = [None] * ft.num_rows
-        for i in np.flatnonzero(bypass).tolist():
-            v = rv.verdicts[int(rv.key[i])]
-            explain[i] = v.explanation
+        # one explanation per connection, not per bypassing flow (a bypass repeats for every
+        # packet of the connection)
+        explain = np.full(ft.num_rows, None, dtype=object)
+        rows = np.flatnonzero(bypass)
+        if rows.size:
+            keys, inv = np.unique(rv.key[rows], return_inverse=True)
+            texts = np.array([rv.verdicts[int(k)].explanation for k in keys.tolist()], dtype=object)
+            explain[rows] = texts[inv]
         ft = ft.append_column("policy.bypass", pa.array(bypass))
         ft = ft.append_column("policy.unexpected_drop", pa.array(found["unexpected-drop"]))
-        return ft.append_column("policy.explain", pa.array(explain, pa.string()))
+        return ft.append_column("policy.explain", pa.array(explain.tolist(), pa.string()))
 
     def _aggregate(self, cr: CompiledRule, sel: pa.Table) -> None:
         rule = cr.rule
