@@ -38,6 +38,7 @@ from flowtrail.lab.cluster import Cluster, ClusterError, load_cluster
 from flowtrail.lab.flows import Event, FlowBuilder
 from flowtrail.lab.scenarios import Context, Run, Scenario, parse_scenario
 from flowtrail.lab.traffic import Traffic
+from flowtrail.model.timeutil import protojson_timestamp
 from flowtrail.util.memory import reuse_large_allocations
 
 NS = 1_000_000_000
@@ -118,8 +119,8 @@ def timestamps(times: np.ndarray | list[int]) -> list[str]:
     # nine fraction digits with integer arithmetic: ~10x faster than datetime_as_string per flow
     useconds, inv = np.unique(secs, return_inverse=True)
     text = np.datetime_as_string(useconds.astype("datetime64[s]"), unit="s")
-    if not (np.char.str_len(text) == 19).all():  # years outside 1000-9999: the generic path
-        return _timestamps_slow(arr)
+    if not (np.char.str_len(text) == 19).all():  # years outside 1000-9999: one at a time
+        return [protojson_timestamp(s, n) for s, n in zip(secs.tolist(), nanos.tolist(), strict=True)]
     heads = text.astype("S19")
     out = np.empty((n, 30), dtype=np.uint8)
     out[:, :19] = heads.view(np.uint8).reshape(-1, 19)[inv]
@@ -131,23 +132,7 @@ def timestamps(times: np.ndarray | list[int]) -> list[str]:
     out[:, 29] = ord("Z")
     texts: list[str] = out.view("S30").ravel().astype("U30").tolist()
     for i in np.flatnonzero(nanos % 1000 == 0).tolist():  # rare: protojson drops trailing zero groups
-        texts[i] = _trim(texts[i], int(nanos[i]))
-    return texts
-
-
-def _trim(text: str, nanos: int) -> str:
-    head = text[:19]
-    if nanos == 0:
-        return head + "Z"
-    if nanos % 1_000_000 == 0:
-        return f"{head}.{nanos // 1_000_000:03d}Z"
-    return f"{head}.{nanos // 1000:06d}Z"
-
-
-def _timestamps_slow(arr: np.ndarray) -> list[str]:
-    texts: list[str] = [t + "Z" for t in np.datetime_as_string(arr.astype("datetime64[ns]"), unit="ns").tolist()]
-    for i in np.flatnonzero(arr % 1000 == 0).tolist():
-        texts[i] = _trim(texts[i], int(arr[i] % NS))
+        texts[i] = protojson_timestamp(int(secs[i]), int(nanos[i]))
     return texts
 
 
