@@ -93,8 +93,8 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _DASHES = (8, 13, 18, 23)
 
 
-def uuid4_block(gen: np.random.Generator, n: int) -> str:
-    """n random (version 4) UUIDs as one string of n*36 characters."""
+def uuid4_block(gen: np.random.Generator, n: int) -> list[str]:
+    """n random (version 4) UUIDs."""
     raw = gen.integers(0, 256, size=(n, 16), dtype=np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
@@ -104,7 +104,8 @@ def uuid4_block(gen: np.random.Generator, n: int) -> str:
     out = np.full((n, 36), ord("-"), dtype=np.uint8)
     out[:, 0:8], out[:, 9:13], out[:, 14:18] = hexed[:, 0:8], hexed[:, 8:12], hexed[:, 12:16]
     out[:, 19:23], out[:, 24:36] = hexed[:, 16:20], hexed[:, 20:32]
-    return out.tobytes().decode("ascii")
+    result: list[str] = out.view("S36").ravel().astype("U36").tolist()
+    return result
 
 
 def timestamps(times: np.ndarray | list[int]) -> list[str]:
@@ -480,8 +481,7 @@ def _render_segment(k: int) -> _Segment:
     emitter = f'","emitter":{{"name":"Hubble","version":"{cluster.hubble_version}"}},'
     tails = np.array([f'}},"node_name":"{nd.name}","time":"' for nd in cluster.nodes], dtype=object)
     texts = timestamps(times_arr)
-    uids = uuid4_block(uuid_gen, n) if n else ""
-    uid_list = np.frombuffer(uids.encode(), dtype="S36").astype("U36").tolist() if n else []
+    uid_list = uuid4_block(uuid_gen, n)
     # each line is nine pieces: joined once per segment instead of formatted once per flow
     pieces = np.empty((n, 9), dtype=object)
     pieces[:, 0] = head
