@@ -92,16 +92,27 @@ def _label_is(label: str) -> Callable[[pa.Array], np.ndarray]:
 def _side(cols: Columns, side: str, n: int, ip: pa.Array, enrich: Enrichment) -> dict[str, pa.Array]:
     ns = cols.get(f"{side}.namespace")
     pod = cols.get(f"{side}.pod_name")
-    labels = cols.get(f"{side}.labels")
-    out: dict[str, pa.Array] = {"namespace": ns, "pod": pod}
-    first_wl = pc.struct_field(first_item(cols.get(f"{side}.workloads"), n), "name")
-    derived = map_unique(pod, workload_from_pod, pa.string())
-    out["workload"] = pc.coalesce(first_wl, derived)
-    out["identity"] = pc.cast(cols.get(f"{side}.identity"), pa.int64())
+    keys = side_keys(ns, pod, ip, cols.get(f"{side}.workloads"), cols.get(f"{side}.labels"), n)
+    out: dict[str, pa.Array] = {"namespace": ns, "pod": pod, "workload": keys.pop("workload"),
+                                "identity": pc.cast(cols.get(f"{side}.identity"), pa.int64())}
+    reserved = {k: keys.pop(k) for k in ("world", "host", "apiserver", "remote_node", "health")}
+    out.update(reserved)
+    out["class"] = map_unique(ip, enrich.ip_classes.classify, pa.string())
+    out.update(keys)
+    out["ip"] = ip
+    return out
+
+
+def side_keys(ns: pa.Array, pod: pa.Array, ip: pa.Array, workloads: pa.Array, labels: pa.Array,
+              n: int) -> dict[str, pa.Array]:
+    """One side's `workload` (the first `workloads` name, else derived from the pod name), its
+    reserved-entity flags, `key` and `wl_key` (also used by the policy replay for the rows it
+    reports, without the rest of the features)."""
+    first_wl = pc.struct_field(first_item(workloads, n), "name")
+    out: dict[str, pa.Array] = {"workload": pc.coalesce(first_wl, map_unique(pod, workload_from_pod, pa.string()))}
     for name in ("world", "host", "kube-apiserver", "remote-node", "health"):
         key = "apiserver" if name == "kube-apiserver" else name.replace("-", "_")
         out[key] = pa.array(list_any(labels, _label_is(f"reserved:{name}"), n))
-    out["class"] = map_unique(ip, enrich.ip_classes.classify, pa.string())
     # "ns/pod" for pods, the reserved entity or the address otherwise
     reserved = pc.if_else(out["apiserver"], "kube-apiserver",
                           pc.if_else(out["world"], pc.binary_join_element_wise("world", ip, ":"),
@@ -109,7 +120,6 @@ def _side(cols: Columns, side: str, n: int, ip: pa.Array, enrich: Enrichment) ->
                                                                                  ip))))
     out["key"] = pc.coalesce(pc.binary_join_element_wise(ns, pod, "/"), reserved)
     out["wl_key"] = pc.coalesce(pc.binary_join_element_wise(ns, out["workload"], "/"), reserved)
-    out["ip"] = ip
     return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.detect.features import FEATURE_PATHS, first_item, workload_from_pod
+from flowtrail.detect.features import FEATURE_PATHS, side_keys
 from flowtrail.filters.base import Columns
 from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.policy.endpoints import Endpoint, Inventory, IPAddr, from_identity_labels, parse_ip
@@ -288,7 +288,6 @@ class Replayer:
         self._names_ids: dict[frozenset[str], int] = {frozenset(): 0}
         self._classes: dict[tuple[int, ...], _Class] = {}
         self._urls: dict[str, tuple[str, str]] = {}
-        self._wl: dict[tuple[Any, ...], str | None] = {}  # a side's facts -> its workload key
         # which CIDRs of the policy set hold an address: all that CIDR rules can tell apart
         self._cidrs = list(dict.fromkeys(p for r in rules for p in r.peers or () if isinstance(p, CIDRPeer)))
         self._sigs: dict[str, tuple[int, bytes]] = {}
@@ -557,28 +556,16 @@ class Replayer:
             self._flags[c0 + i] = hit
 
     def _workload_keys(self, b: _Batch, rows: np.ndarray) -> tuple[list[str | None], list[str | None]]:
-        """`src.wl_key` and `dst.wl_key` of ``rows``: what detect.features.build computes, which
-        for the replay is the cost of all features for a few columns. A side's key depends only
-        on its namespace, pod name, address, first `workloads` name and labels: computed once
-        per combination (`workload_key`)."""
+        """`src.wl_key` and `dst.wl_key` of ``rows`` as detect.features.build computes them, for
+        these rows only: the replay does not pay for the whole feature set."""
         at = pa.array(rows, pa.int64())
-        out = []
-        for long, short in (("source", "src"), ("destination", "dst")):
-            parts = [b.codes(f"{short}.{f}") for f in ("namespace", "pod", "ip")]
-            parts = [(vals, codes[rows]) for vals, codes in parts]
-            parts.append(_codes(pc.struct_field(first_item(pc.take(b.cols.get(f"{long}.workloads"), at), len(rows)),
-                                                "name")))
-            vals, codes = b.codes(f"{long}.labels")
-            parts.append((vals, codes[rows]))
-            first, inverse = _distinct([c for _, c in parts])
-            keys = []
-            for r in first.tolist():
-                side = tuple(vals[codes[r]] for vals, codes in parts)
-                if side not in self._wl:
-                    self._wl[side] = workload_key(*side)
-                keys.append(self._wl[side])
-            out.append([keys[i] for i in inverse.tolist()])
-        return out[0], out[1]
+
+        def take(path: str) -> pa.Array:
+            return pc.take(b.cols.get(path), at)
+        src, dst = (side_keys(take(f"{side}.namespace"), take(f"{side}.pod_name"), take(ip),
+                              take(f"{side}.workloads"), take(f"{side}.labels"), len(rows))["wl_key"].to_pylist()
+                    for side, ip in (("source", "IP.source"), ("destination", "IP.destination")))
+        return src, dst
 
     def _grow(self, n: int) -> None:
         if n <= len(self._flags):
@@ -751,25 +738,6 @@ class Replayer:
                       base.ns_labels, base.ports, base.node, base.entities, base.service_account, base.cluster,
                       base.extra_labels)
         return self.inv.enrich(ep)
-
-
-def workload_key(namespace: str | None, pod: str | None, ip: str | None, workload: str | None,
-                 labels: tuple[str, ...]) -> str | None:
-    """detect.features' `wl_key` of one side of a flow: "namespace/workload" (the first
-    `workloads` entry, else the name derived from the pod name), else the reserved entity, "world:"
-    and the address, or the address (tests/test_policy.py checks it against build())."""
-    workload = workload if workload is not None else workload_from_pod(pod)
-    if namespace is not None and workload is not None:
-        return f"{namespace}/{workload}"
-    if "reserved:kube-apiserver" in labels:
-        return "kube-apiserver"
-    if "reserved:world" in labels:
-        return None if ip is None else f"world:{ip}"
-    if "reserved:host" in labels:
-        return "host"
-    if "reserved:remote-node" in labels:
-        return "remote-node"
-    return ip
 
 
 def _col(table: pa.Table, name: str) -> pa.Array:
