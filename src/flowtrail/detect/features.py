@@ -123,31 +123,42 @@ def side_keys(ns: pa.Array, pod: pa.Array, ip: pa.Array, workloads: pa.Array, la
     return out
 
 
+def flow_times(cols: Columns) -> pa.Array:
+    """Flow times in ns (RFC 3339 text parsed one by one where Arrow's cast refuses it)."""
+    tcol = cols.get("time")
+    try:
+        return pc.cast(pc.cast(tcol, pa.timestamp("ns", tz="UTC")), pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        from flowtrail.model.timeutil import parse_rfc3339_ns
+        return pa.array([parse_rfc3339_ns(v) for v in tcol.to_pylist()], pa.int64())
+
+
+def proto_and_port(cols: Columns) -> tuple[pa.Array, pa.Array]:
+    """The L4 protocol name (TCP, UDP, SCTP, ICMPv4, ICMPv6 or null) and destination port."""
+    tcp = cols.get("l4.TCP.destination_port")
+    udp = cols.get("l4.UDP.destination_port")
+    sctp = cols.get("l4.SCTP.destination_port")
+    proto = pc.if_else(tcp.is_valid(), "TCP", pc.if_else(udp.is_valid(), "UDP", pc.if_else(
+        sctp.is_valid(), "SCTP", pc.if_else(cols.get("l4.ICMPv4.type").is_valid(), "ICMPv4", pc.if_else(
+            cols.get("l4.ICMPv6.type").is_valid(), "ICMPv6", pa.scalar(None, pa.string()))))))
+    return proto, pc.coalesce(tcp, udp, sctp)
+
+
 def build(table: pa.Table, enrich: Enrichment) -> pa.Table:
     """Feature table (one row per flow row of ``table``; lost events are dropped by the caller)."""
     cols = Columns(table)
     n = cols.n
-    tcol = cols.get("time")
-    try:
-        times = pc.cast(pc.cast(tcol, pa.timestamp("ns", tz="UTC")), pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        from flowtrail.model.timeutil import parse_rfc3339_ns
-        times = pa.array([parse_rfc3339_ns(v) for v in tcol.to_pylist()], pa.int64())
+    times = flow_times(cols)
     src_ip, dst_ip = cols.get("IP.source"), cols.get("IP.destination")
     f: dict[str, pa.Array] = {
         "time": times, "uuid": cols.get("uuid"), "node": cols.get("node_name"), "verdict": cols.get("verdict"),
         "drop_reason": cols.get("drop_reason_desc"), "type": cols.get("Type"), "is_reply": cols.get("is_reply"),
         "direction": cols.get("traffic_direction"),
     }
-    tcp_dport = cols.get("l4.TCP.destination_port")
-    udp_dport = cols.get("l4.UDP.destination_port")
-    sctp_dport = cols.get("l4.SCTP.destination_port")
-    f["proto"] = pc.if_else(tcp_dport.is_valid(), "TCP", pc.if_else(udp_dport.is_valid(), "UDP", pc.if_else(
-        sctp_dport.is_valid(), "SCTP", pc.if_else(cols.get("l4.ICMPv4.type").is_valid(), "ICMPv4", pc.if_else(
-            cols.get("l4.ICMPv6.type").is_valid(), "ICMPv6", pa.scalar(None, pa.string()))))))
+    f["proto"], dst_port = proto_and_port(cols)
     f["src.port"] = pc.coalesce(cols.get("l4.TCP.source_port"), cols.get("l4.UDP.source_port"),
                                 cols.get("l4.SCTP.source_port"))
-    f["dst.port"] = pc.coalesce(tcp_dport, udp_dport, sctp_dport)
+    f["dst.port"] = dst_port
     syn = pc.fill_null(cols.get("l4.TCP.flags.SYN"), False)
     ack = pc.fill_null(cols.get("l4.TCP.flags.ACK"), False)
     f["syn"] = pc.and_(syn, pc.invert(ack))

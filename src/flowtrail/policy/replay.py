@@ -20,9 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.detect.features import FEATURE_PATHS, side_keys
+from flowtrail.detect.features import FEATURE_PATHS, flow_times, proto_and_port, side_keys
 from flowtrail.filters.base import Columns
-from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.policy.endpoints import Endpoint, Inventory, IPAddr, from_identity_labels, parse_ip
 from flowtrail.policy.evaluate import Connection, DirectionResult, Evaluator, HTTPRequest, Verdict
 from flowtrail.policy.model import CIDRPeer, FQDNPeer, IPNet, Rule
@@ -131,7 +130,7 @@ class RowVerdicts:
         """Flow times (ns) of every row, as detect.features computes them for the batch."""
         if self._times is None:
             assert self.cols is not None
-            self._times = np.asarray(_times(self.cols).to_numpy(zero_copy_only=False)).astype(np.int64)
+            self._times = np.asarray(flow_times(self.cols).to_numpy(zero_copy_only=False)).astype(np.int64)
         return self._times
 
     def workload_keys(self, rows: np.ndarray) -> tuple[list[str | None], list[str | None]]:
@@ -826,27 +825,13 @@ def _holds_byte(strings: pa.Array, byte: int) -> bool:
     return bool((np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] == byte).any())
 
 
-def _times(cols: Columns) -> pa.Array:
-    """detect.features.build's `time`: the flow time in ns (RFC 3339 text parsed when Arrow cannot)."""
-    tcol = cols.get("time")
-    try:
-        return pc.cast(pc.cast(tcol, pa.timestamp("ns", tz="UTC")), pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return pa.array([parse_rfc3339_ns(v) for v in tcol.to_pylist()], pa.int64())
-
-
 def _row_features(cols: Columns) -> pa.Table:
     """The per-row features the replay reads, computed as detect.features.build does."""
-    tcp = cols.get("l4.TCP.destination_port")
-    udp = cols.get("l4.UDP.destination_port")
-    sctp = cols.get("l4.SCTP.destination_port")
-    proto = pc.if_else(tcp.is_valid(), "TCP", pc.if_else(udp.is_valid(), "UDP", pc.if_else(
-        sctp.is_valid(), "SCTP", pc.if_else(cols.get("l4.ICMPv4.type").is_valid(), "ICMPv4", pc.if_else(
-            cols.get("l4.ICMPv6.type").is_valid(), "ICMPv6", pa.scalar(None, pa.string()))))))
+    proto, dst_port = proto_and_port(cols)
     f: dict[str, pa.Array] = {
         "uuid": cols.get("uuid"), "verdict": cols.get("verdict"), "drop_reason": cols.get("drop_reason_desc"),
         "direction": cols.get("traffic_direction"), "is_reply": cols.get("is_reply"), "proto": proto,
-        "dst.port": pc.coalesce(tcp, udp, sctp)}
+        "dst.port": dst_port}
     for side, ip, prefix in (("source", "IP.source", "src"), ("destination", "IP.destination", "dst")):
         f[f"{prefix}.namespace"] = cols.get(f"{side}.namespace")
         f[f"{prefix}.pod"] = cols.get(f"{side}.pod_name")
