@@ -14,12 +14,9 @@ import pyarrow.compute as pc
 from flowtrail.detect.features import map_unique
 from flowtrail.detect.rules import OPS, Rule, RuleError
 from flowtrail.filters.ip import first_network
+from flowtrail.util.arrays import bool_mask
 
 MaskFn = Callable[[pa.Table, Any], np.ndarray]
-
-
-def _np(arr: pa.Array | pa.ChunkedArray, null: bool = False) -> np.ndarray:
-    return np.asarray(pc.fill_null(arr, null).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
@@ -36,9 +33,9 @@ def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
     op = next(o for o in OPS if o in cond)
     value = rule.value(cond[op])
     if op == "eq":
-        return lambda t, b: _np(pc.equal(t[name], value))
+        return lambda t, b: bool_mask(pc.equal(t[name], value))
     if op == "ne":
-        return lambda t, b: ~_np(pc.equal(t[name], value))
+        return lambda t, b: ~bool_mask(pc.equal(t[name], value))
     if op in ("in", "not_in"):
         values = value if isinstance(value, list) else [value]
         if not values:
@@ -49,18 +46,18 @@ def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
             col = t[name]
             vs = pa.array(values).cast(col.type) if pa.types.is_integer(col.type) else pa.array(
                 [str(v) for v in values]) if pa.types.is_string(col.type) else pa.array(values)
-            return _np(pc.is_in(col, value_set=vs))
+            return bool_mask(pc.is_in(col, value_set=vs))
         return isin if op == "in" else (lambda t, b: ~isin(t, b))
     if op in ("gt", "gte", "lt", "lte"):
         fn = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}[op]
         num = float(value)
-        return lambda t, b: _np(fn(t[name], num))
+        return lambda t, b: bool_mask(fn(t[name], num))
     if op == "present":
         want = bool(value)
-        return lambda t, b: _np(t[name].is_valid()) if want else _np(t[name].is_null())
+        return lambda t, b: bool_mask(t[name].is_valid()) if want else bool_mask(t[name].is_null())
     if op == "regex":
         pattern = str(value)
-        return lambda t, b: _np(pc.match_substring_regex(t[name], pattern))
+        return lambda t, b: bool_mask(pc.match_substring_regex(t[name], pattern))
     if op in ("suffix", "not_suffix"):
         suffixes = [str(s).lower() for s in (value if isinstance(value, list) else [value])]
 
@@ -68,7 +65,7 @@ def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
             col = t[name]
             out = np.zeros(t.num_rows, dtype=bool)
             for s in suffixes:
-                out |= _np(pc.ends_with(col, s))
+                out |= bool_mask(pc.ends_with(col, s))
             return out
         return ends if op == "suffix" else (lambda t, b: ~ends(t, b))
     if op in ("in_baseline", "not_in_baseline"):
@@ -78,8 +75,8 @@ def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
             if b is None:
                 raise RuleError(f"{rule.source}: {rule.id} needs a baseline (--baseline)")
             keys = b.keys(kind)
-            return _np(pc.is_in(t[name], value_set=keys))
-        return member if op == "in_baseline" else (lambda t, b: ~member(t, b) & _np(t[name].is_valid()))
+            return bool_mask(pc.is_in(t[name], value_set=keys))
+        return member if op == "in_baseline" else (lambda t, b: ~member(t, b) & bool_mask(t[name].is_valid()))
     raise RuleError(f"{rule.source}: {rule.id}: unsupported operator {op}")
 
 
@@ -130,26 +127,26 @@ def _compile_exceptions(rule: Rule) -> Callable[[pa.Table], np.ndarray] | None:
     checks: list[Callable[[pa.Table], np.ndarray]] = []
     if ex.get("entities"):
         pats = list(ex["entities"])
-        checks.append(lambda t: _np(map_unique(
+        checks.append(lambda t: bool_mask(map_unique(
             t[rule.entity], lambda v: v is not None and any(fnmatch.fnmatchcase(str(v), p) for p in pats),
             pa.bool_())))
     if ex.get("namespace_pairs"):
         pairs = list(ex["namespace_pairs"])
-        checks.append(lambda t: _np(map_unique(
+        checks.append(lambda t: bool_mask(map_unique(
             t["ns_pair"], lambda v: v is not None and any(fnmatch.fnmatchcase(v, p) for p in pairs), pa.bool_())))
     if ex.get("domains"):
         doms = [d.lower().rstrip(".") for d in ex["domains"]]
 
         def dom_hit(v: str | None) -> bool:
             return v is not None and any(v == d or v.endswith("." + d) for d in doms)
-        checks.append(lambda t: _np(map_unique(t["dns.query"], dom_hit, pa.bool_()))
-                      | _np(map_unique(t["dst.name_registered"], dom_hit, pa.bool_())))
+        checks.append(lambda t: bool_mask(map_unique(t["dns.query"], dom_hit, pa.bool_()))
+                      | bool_mask(map_unique(t["dst.name_registered"], dom_hit, pa.bool_())))
     if ex.get("cidrs"):
         nets = [ipaddress.ip_network(c, strict=False) for c in ex["cidrs"]]
 
         def ip_hit(v: str | None) -> bool:
             return first_network(v, nets) is not None
-        checks.append(lambda t: _np(map_unique(t["conn.server_ip"], ip_hit, pa.bool_())))
+        checks.append(lambda t: bool_mask(map_unique(t["conn.server_ip"], ip_hit, pa.bool_())))
     if not checks:
         return None
     return lambda t: np.logical_or.reduce([c(t) for c in checks])

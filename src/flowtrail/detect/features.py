@@ -21,6 +21,7 @@ from flowtrail.enrich.dnsname import features as name_features
 from flowtrail.enrich.intel import Intel
 from flowtrail.enrich.ipclass import IPClasses
 from flowtrail.filters.base import Columns, list_any
+from flowtrail.util.arrays import bool_mask
 
 # what the decoder must project for features (rule scopes add their own filter paths)
 FEATURE_PATHS = [
@@ -85,7 +86,7 @@ class Enrichment:
 
 def _label_is(label: str) -> Callable[[pa.Array], np.ndarray]:
     def match(values: pa.Array) -> np.ndarray:
-        return np.asarray(pc.fill_null(pc.equal(values, label), False).to_numpy(zero_copy_only=False), dtype=bool)
+        return bool_mask(pc.equal(values, label))
     return match
 
 

@@ -39,6 +39,7 @@ from flowtrail.model.schema import ENDPOINT, FLOW
 from flowtrail.policy.endpoints import CLUSTER_KEY, NS_NAME_LABEL, SA_KEY, parse_ip
 from flowtrail.policy.selectors import NS_KEY, NS_LABELS_PREFIX
 from flowtrail.sources.decode import Rows
+from flowtrail.util.arrays import bool_mask
 
 DEFAULT_GRACE_S = 300.0
 DEFAULT_CLUSTER = "default"  # what Cilium calls a cluster whose cluster-name is not set
@@ -238,14 +239,10 @@ def _child(arr: pa.StructArray, name: str) -> pa.Array | None:
     return arr.field(i) if i >= 0 else None
 
 
-def _np_bool(arr: pa.Array) -> np.ndarray:
-    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def _nonempty(arr: pa.Array | None, n: int) -> np.ndarray:
     if arr is None:
         return np.zeros(n, dtype=bool)
-    return _np_bool(pc.not_equal(pc.fill_null(arr, ""), ""))
+    return bool_mask(pc.not_equal(pc.fill_null(arr, ""), ""))
 
 
 def _merge(old: pa.Array, new: pa.Array, entry: np.ndarray, hit: np.ndarray) -> pa.Array:
@@ -260,7 +257,7 @@ def _fill_struct(old: pa.StructArray, values: Callable[[str, pa.DataType], pa.Ar
                  entry: np.ndarray, hit: np.ndarray) -> pa.StructArray:
     """``old`` with the fields ``values`` knows replaced in rows ``hit``; rows that were null
     become valid, their other fields null."""
-    valid = _np_bool(old.is_valid())
+    valid = bool_mask(old.is_valid())
     newly = hit & ~valid
     zeros = np.zeros(len(old), dtype=np.int64)
     children = []
@@ -545,7 +542,7 @@ class PodIndex:
             ep = children[side]
             assert isinstance(ep, pa.StructArray)
             idx = lookups[side]
-            need = self._needs(ep, n) & _np_bool(ip.field(side).is_valid())
+            need = self._needs(ep, n) & bool_mask(ip.field(side).is_valid())
             known = idx >= 0
             hit = need & known & frozen.is_pod[np.maximum(idx, 0)]
             unresolved += int((need & ~known).sum())
@@ -563,7 +560,7 @@ class PodIndex:
                 raise ValueError(f"Kubernetes enrichment needs the flow field {field} decoded")
             assert isinstance(old, pa.StructArray)
             name = _child(old, "name")
-            has = _nonempty(name, n) if name is not None else _np_bool(old.is_valid())
+            has = _nonempty(name, n) if name is not None else bool_mask(old.is_valid())
             hit = ~has & (idx >= 0) & frozen.is_service[np.maximum(idx, 0)]
             services += int(hit.sum())
             entry = np.where(hit, idx, -1)
@@ -594,7 +591,7 @@ class PodIndex:
         has = _nonempty(_child(ep, "namespace"), n) | _nonempty(_child(ep, "pod_name"), n)
         labels = _child(ep, "labels")
         if labels is not None:
-            has |= _np_bool(pc.greater(pc.fill_null(pc.list_value_length(labels), 0), 0))
+            has |= bool_mask(pc.greater(pc.fill_null(pc.list_value_length(labels), 0), 0))
         ident = _child(ep, "identity")
         if ident is not None:
             i = np.asarray(pc.fill_null(ident, 0).to_numpy(zero_copy_only=False))

@@ -26,6 +26,7 @@ from flowtrail.policy.endpoints import Endpoint, Inventory, IPAddr, from_identit
 from flowtrail.policy.evaluate import Connection, DirectionResult, Evaluator, HTTPRequest, Verdict
 from flowtrail.policy.model import CIDRPeer, FQDNPeer, IPNet, Rule
 from flowtrail.sources.decode import Decoded, Decoder
+from flowtrail.util.arrays import bool_mask
 
 REPLAY_PATHS = sorted(set(FEATURE_PATHS) | {
     "event_type.type", "l7.http.method", "l7.http.url", "l7.http.headers", "l7.dns.query", "l7.dns.ips",
@@ -456,8 +457,8 @@ class Replayer:
             return
 
         def named(pods: pa.Array) -> np.ndarray:
-            return _mask(pc.not_equal(pods, ""))
-        same_name = _mask(pc.equal(chunk["s_pod"], chunk["d_pod"]))
+            return bool_mask(pc.not_equal(pods, ""))
+        same_name = bool_mask(pc.equal(chunk["s_pod"], chunk["d_pod"]))
         same_ip = (s_addr >= 0) & (s_addr == d_addr)
         # Evaluator._same_pod: by name when both have one, else by address
         same = np.where(named(chunk["s_pod"]) & named(chunk["d_pod"]), same_name, same_ip)
@@ -745,11 +746,6 @@ def _col(table: pa.Table, name: str) -> pa.Array:
     return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
-def _mask(arr: pa.Array) -> np.ndarray:
-    """A boolean Arrow array as numpy, null as False."""
-    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def _ints(arr: pa.Array) -> np.ndarray:
     """An integer Arrow array as int64 numpy, null as -1 (ports and ICMP types are never negative)."""
     return np.asarray(pc.fill_null(pc.cast(arr, pa.int64()), -1).to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -853,7 +849,7 @@ def _is(rv: RowVerdicts, name: str, values: tuple[str, ...]) -> np.ndarray:
     """Rows whose feature ``name`` is one of ``values`` (null: no)."""
     col = rv.feats.column(name).combine_chunks()
     hit = pc.is_in(col, pa.array(values, col.type)) if len(values) > 1 else pc.equal(col, values[0])
-    return np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return bool_mask(hit)
 
 
 def classify_audit(rv: RowVerdicts) -> dict[str, np.ndarray]:
