@@ -12,13 +12,13 @@ import json
 import re
 import urllib.error
 import urllib.request
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowtrail.lab.simulate import NS, Options, simulate
@@ -28,6 +28,8 @@ from flowtrail.sources.decode import Decoder
 from .conftest import SAMPLES_DIR
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
+# series -> value; counts and histogram sums are floats, as in the exposition
+Values = defaultdict[Key, float]
 
 # ----------------------------------------------------------------------------------- the oracle
 RCODE = {0: "No Error", 1: "Format Error", 2: "Server Failure", 3: "Non-Existent Domain", 4: "Not Implemented",
@@ -140,7 +142,7 @@ def protocol(f: dict[str, Any]) -> str:
 class Oracle:
     def __init__(self, specs: list[str]) -> None:
         self.specs = [parse(s) for s in specs]
-        self.values: Counter[Key] = Counter()
+        self.values: Values = defaultdict(float)
 
     def add(self, name: str, labels: dict[str, str], n: float = 1.0) -> None:
         self.values[(name, tuple(sorted(labels.items())))] += n
@@ -273,13 +275,15 @@ class Oracle:
         name = "hubble_http_requests_total" if v2 else "hubble_http_responses_total"
         self.add(name, {**ctx, "method": method, "protocol": proto, "status": status, "reporter": rep})
         seconds = int(l7.get("latency_ns", "0")) / 1e9
-        base = {**ctx, "method": method, "reporter": rep}
+        self._histogram("hubble_http_request_duration_seconds", {**ctx, "method": method, "reporter": rep}, seconds)
+
+    def _histogram(self, name: str, base: dict[str, str], seconds: float) -> None:
         for b in [*GO_BUCKETS, float("inf")]:
             if seconds <= b:
                 le = "+Inf" if b == float("inf") else repr(b)
-                self.add("hubble_http_request_duration_seconds_bucket", {**base, "le": le})
-        self.add("hubble_http_request_duration_seconds_count", base)
-        self.add("hubble_http_request_duration_seconds_sum", base, seconds)
+                self.add(f"{name}_bucket", {**base, "le": le})
+        self.add(f"{name}_count", base)
+        self.add(f"{name}_sum", base, seconds)
 
     def h_http(self, f: dict[str, Any], o: dict[str, str]) -> None:
         self._http(f, o, v2=False)
@@ -287,9 +291,26 @@ class Oracle:
     def h_httpV2(self, f: dict[str, Any], o: dict[str, str]) -> None:
         self._http(f, o, v2=True)
 
+    def h_kafka(self, f: dict[str, Any], o: dict[str, str]) -> None:
+        # Cilium kafka/handler.go: requests only, any verdict, the request's own latency
+        l7 = f.get("l7") or {}
+        kafka = l7.get("kafka")
+        if kafka is None or l7.get("type") != "REQUEST":
+            return
+        rep = {"EGRESS": "client", "INGRESS": "server"}.get(f.get("traffic_direction", ""), "unknown")
+        base = {**ctx_labels(f, o), "topic": kafka.get("topic", ""), "api_key": kafka.get("api_key", "")}
+        self.add("hubble_kafka_requests_total", {**base, "error_code": str(kafka.get("error_code", 0)),
+                                                 "reporter": rep})
+        self._histogram("hubble_kafka_request_duration_seconds", {**base, "reporter": rep},
+                        int(l7.get("latency_ns", "0")) / 1e9)
 
-def registry_values(reg: CollectorRegistry) -> Counter[Key]:
-    out: Counter[Key] = Counter()
+    def h_flows_per_pod(self, f: dict[str, Any], o: dict[str, str]) -> None:
+        self.add("hubble_flows_per_pod_total", {"protocol": protocol(f), "verdict": f.get("verdict", "VERDICT_UNKNOWN"),
+                                                **ctx_labels(f, o)})
+
+
+def registry_values(reg: CollectorRegistry) -> Values:
+    out: Values = defaultdict(float)
     for fam in reg.collect():
         for s in fam.samples:
             if s.name.startswith("hubble_"):
@@ -297,7 +318,7 @@ def registry_values(reg: CollectorRegistry) -> Counter[Key]:
     return out
 
 
-def assert_same(got: Counter[Key], want: Counter[Key]) -> None:
+def assert_same(got: Values, want: Values) -> None:
     # histogram buckets for series never observed, and float sums, need a tolerant compare
     missing = {k: v for k, v in want.items() if abs(got.get(k, 0.0) - v) > 1e-6 * max(1.0, abs(v))}
     extra = {k: v for k, v in got.items() if k not in want and v}
@@ -310,7 +331,8 @@ def assert_same(got: Counter[Key], want: Counter[Key]) -> None:
 def variants(lines: list[bytes]) -> list[bytes]:
     """Real sample flows rewritten into shapes the samples lack: ICMPv6, an HTTP response with a
     trace ID, a flow to a world identity labelled kube-apiserver, a host-originated policy
-    verdict, an AAAA-only DNS query. Each is still a flow in Hubble's own JSON form."""
+    verdict, an AAAA-only DNS query, Kafka requests and responses (the HTTP flows with a Kafka
+    record). Each is still a flow in Hubble's own JSON form."""
     out = []
     for line in lines:
         obj = orjson.loads(line)
@@ -327,6 +349,8 @@ def variants(lines: list[bytes]) -> list[bytes]:
             g = json.loads(json.dumps(f))
             g["trace_context"] = {"parent": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}}
             out.append(orjson.dumps({**obj, "flow": g}))
+        if "http" in l7:
+            out.append(orjson.dumps({**obj, "flow": kafka_flow(f)}))
         if "dns" in l7 and not f.get("is_reply"):
             g = json.loads(json.dumps(f))
             g["l7"]["dns"]["qtypes"] = ["AAAA"]
@@ -342,6 +366,21 @@ def variants(lines: list[bytes]) -> list[bytes]:
             g["drop_reason_desc"] = "CT_MAP_INSERTION_FAILED"
             out.append(orjson.dumps({**obj, "flow": g}))
     return out
+
+
+def kafka_flow(f: dict[str, Any]) -> dict[str, Any]:
+    """An HTTP flow as the Kafka exchange it could have been: the same endpoints, direction and
+    latency, a Kafka record as Cilium's proxy logs it (protojson omits a zero error_code)."""
+    g = json.loads(json.dumps(f))
+    http = g["l7"].pop("http")
+    kafka: dict[str, Any] = {"api_version": 2, "correlation_id": len(http.get("url", "")),
+                             "api_key": "produce" if http.get("method") in ("POST", "PUT") else "fetch",
+                             "topic": http.get("url", "").rsplit("/", 1)[-1] or "empire-announce"}
+    if http.get("code", 0) >= 400:
+        kafka["error_code"] = 29  # TOPIC_AUTHORIZATION_FAILED
+    g["l7"]["kafka"] = kafka
+    g["Summary"] = f"Kafka {g['l7'].get('type', '').lower()} {kafka['api_key']} topic '{kafka['topic']}'"
+    return g
 
 
 @pytest.fixture(scope="module")
@@ -377,8 +416,11 @@ SPEC_SETS = {
         "policy:sourceContext=workload|pod;destinationContext=app|reserved-identity|ip",
         "flows-to-world:any-drop;port;syn-only;sourceContext=workload|pod",
         "http:sourceContext=pod;destinationContext=workload-name;labelsContext=source_ip,destination_ip",
+        "kafka:sourceContext=namespace|pod;destinationContext=app|ip;labelsContext=traffic_direction,source_pod",
+        "flows-per-pod:sourceContext=pod;destinationContext=pod|reserved-identity",
     ],
-    "plain": ["dns", "drop", "tcp", "flow", "port-distribution", "icmp", "policy", "flows-to-world", "httpV2"],
+    "plain": ["dns", "drop", "tcp", "flow", "port-distribution", "icmp", "policy", "flows-to-world", "httpV2",
+              "kafka", "flows-per-pod"],
     "directional": [
         "flow:sourceContext=namespace;sourceEgressContext=pod;destinationContext=namespace;"
         "destinationIngressContext=pod-name|reserved-identity",
@@ -418,6 +460,9 @@ def test_samples_match_oracle(name: str, sample_lines: list[bytes]) -> None:
                 "hubble_dns_responses_total", "hubble_tcp_flags_total", "hubble_icmp_total",
                 "hubble_port_distribution_total", "hubble_policy_verdicts_total", "hubble_flows_to_world_total",
                 "hubble_http_requests_total"} <= names
+    if name in ("alternatives", "plain"):
+        assert {"hubble_kafka_requests_total", "hubble_kafka_request_duration_seconds_count",
+                "hubble_flows_per_pod_total"} <= names
 
 
 @pytest.mark.parametrize("name", ["default", "alternatives", "directional"])
@@ -479,7 +524,9 @@ def test_lost_events_are_counted() -> None:
     ("flow:sourceEgressContext=pod", "needs sourceContext too"),
     ("httpV2:exemplars=yes", "exemplars=true or exemplars=false"),
     ("flows-to-world:port=80", "is a flag"),
-    ("kafka", "not supported"),
+    ("nld", "not supported"),
+    ("kafka:query", "unknown option 'query' for kafka"),
+    ("flows-per-pod:sourceContext=podd", "unknown context 'podd'"),
     (":query", "no metric name"),
 ])
 def test_bad_specs_name_spec_and_option(spec: str, message: str) -> None:
@@ -499,6 +546,183 @@ def test_helm_escaped_commas_and_paths() -> None:
     hm = HubbleMetrics([r"httpV2:exemplars=true;labelsContext=source_ip\,source_namespace"], CollectorRegistry())
     assert {"IP.source", "IP.destination", "source.namespace", "destination.namespace"} <= hm.paths
     assert HubbleMetrics([], CollectorRegistry()).paths == set()
+
+
+# ------------------------------------------------------- kafka, sctp, flows-per-pod: exact lines
+# Hand-written flows in the shape `hubble observe -o json` prints (proto field names, enums by
+# name, 64-bit integers as strings, zero values omitted). Endpoints follow Cilium's own kafka
+# handler test (pkg/hubble/metrics/kafka/handler_test.go), so the first expected series below
+# is the one that test expects from the agent.
+SOURCE_EP = {"ID": 1187, "identity": 40521, "namespace": "source-ns",
+             "labels": ["k8s:app=sourceapp", "k8s:io.kubernetes.pod.namespace=source-ns"],
+             "pod_name": "source-deploy-pod", "workloads": [{"name": "source-deploy", "kind": "Deployment"}]}
+DEST_EP = {"ID": 2301, "identity": 28917, "namespace": "destination-ns",
+           "labels": ["k8s:app=destinationapp", "k8s:io.kubernetes.pod.namespace=destination-ns"],
+           "pod_name": "destination-deploy-pod", "workloads": [{"name": "destination-deploy", "kind": "Deployment"}]}
+WORLD_EP = {"identity": 2, "labels": ["reserved:world"]}
+NODE = "kind-kind/kind-worker"
+
+
+def hubble_json(flow: dict[str, Any], second: int = 0) -> bytes:
+    t = f"2024-05-06T10:00:{second:02d}.123456789Z"
+    return orjson.dumps({"flow": {"time": t, "uuid": f"5f1c3a9e-0d4b-4c1e-9a7e-00000000{second:04d}", **flow,
+                                  "node_name": NODE}, "node_name": NODE, "time": t})
+
+
+def l4_flow(verdict: str, l4: dict[str, Any], src: dict[str, Any] = SOURCE_EP, dst: dict[str, Any] = DEST_EP,
+            event: dict[str, int] | None = None, ip_version: str | None = "IPv4", **extra: Any) -> dict[str, Any]:
+    """A trace (or drop) event as the threefour parser renders it."""
+    f: dict[str, Any] = {"verdict": verdict}
+    if ip_version is not None:
+        f["IP"] = {"source": "10.244.1.17", "destination": "10.244.2.31", "ipVersion": ip_version}
+    f.update({"l4": l4, "source": src, "destination": dst, "Type": "L3_L4",
+              "event_type": event or {"type": 4, "sub_type": 0}, **extra})
+    return f
+
+
+def kafka_l7(l7type: str, record: dict[str, Any], direction: str | None = "INGRESS", verdict: str = "FORWARDED",
+             latency_ns: int = 0) -> dict[str, Any]:
+    """An L7 Kafka event as the proxy's access log turns into a flow."""
+    l7: dict[str, Any] = {"type": l7type}
+    if latency_ns:
+        l7["latency_ns"] = str(latency_ns)
+    l7["kafka"] = record
+    f: dict[str, Any] = {"verdict": verdict, "IP": {"source": "10.244.1.17", "destination": "10.244.2.31",
+                                                    "ipVersion": "IPv4"},
+                         "l4": {"TCP": {"source_port": 43122, "destination_port": 9092}},
+                         "source": SOURCE_EP, "destination": DEST_EP, "Type": "L7", "l7": l7,
+                         "event_type": {"type": 129}}
+    if direction is not None:
+        f["traffic_direction"] = direction
+    f["is_reply"] = l7type == "RESPONSE"
+    f["Summary"] = f"Kafka {l7type.lower()} {record.get('api_key', '')} topic '{record.get('topic', '')}'"
+    return f
+
+
+def exposition(specs: list[str], flows: list[dict[str, Any]], prefix: str) -> list[str]:
+    """The sample lines of the text exposition whose metric name starts with ``prefix``."""
+    _, reg = run(specs, [hubble_json(f, i) for i, f in enumerate(flows)])
+    return [ln for ln in generate_latest(reg).decode().splitlines() if ln.startswith(prefix)]
+
+
+def test_kafka_counts_requests_only() -> None:
+    produce_denied = {"error_code": 29, "api_version": 3, "api_key": "produce", "correlation_id": 7,
+                      "topic": "deathstar-plans"}
+    fetch = {"api_version": 11, "api_key": "fetch", "correlation_id": 8, "topic": "deathstar-plans"}
+    flows = [
+        # Cilium's test flow: an ingress request with a latency
+        kafka_l7("REQUEST", {"api_key": "test-api-key", "topic": "test-topic"}, latency_ns=12345678),
+        kafka_l7("REQUEST", fetch, direction="EGRESS"),
+        kafka_l7("REQUEST", fetch, direction="EGRESS"),
+        # a request the policy denied still counts, with the error code the proxy answered
+        kafka_l7("REQUEST", produce_denied, direction="EGRESS", verdict="DROPPED"),
+        kafka_l7("REQUEST", {"api_key": "metadata", "topic": "empire-announce"}, direction=None),
+        # not counted: responses, samples, other L7 protocols, plain L4 flows to the broker port
+        kafka_l7("RESPONSE", {"api_key": "test-api-key", "topic": "test-topic"}, latency_ns=12345678),
+        kafka_l7("SAMPLE", fetch, direction="EGRESS"),
+        {**kafka_l7("REQUEST", fetch), "l7": {"type": "REQUEST", "http": {"method": "GET", "url": "/",
+                                                                          "protocol": "HTTP/1.1"}}},
+        l4_flow("FORWARDED", {"TCP": {"source_port": 43122, "destination_port": 9092, "flags": {"SYN": True}}}),
+    ]
+    spec = "kafka:sourceContext=pod;destinationContext=pod;labelsContext=source_pod,destination_pod"
+    # the text format lists labels sorted by name, as the agent's Go client does
+    dst = 'destination="destination-ns/destination-deploy-pod",destination_pod="destination-deploy-pod"'
+    src = 'source="source-ns/source-deploy-pod",source_pod="source-deploy-pod"'
+    assert sorted(exposition([spec], flows, "hubble_kafka_requests_total")) == sorted([
+        # Cilium's handler test expects this series from the agent (there printed as `1`)
+        f'hubble_kafka_requests_total{{api_key="test-api-key",{dst},error_code="0",reporter="server",{src},'
+        f'topic="test-topic"}} 1.0',
+        f'hubble_kafka_requests_total{{api_key="fetch",{dst},error_code="0",reporter="client",{src},'
+        f'topic="deathstar-plans"}} 2.0',
+        f'hubble_kafka_requests_total{{api_key="produce",{dst},error_code="29",reporter="client",{src},'
+        f'topic="deathstar-plans"}} 1.0',
+        f'hubble_kafka_requests_total{{api_key="metadata",{dst},error_code="0",reporter="unknown",{src},'
+        f'topic="empire-announce"}} 1.0',
+    ])
+    hist = exposition([spec], flows, "hubble_kafka_request_duration_seconds")
+    # the buckets Cilium's test expects: 0.012345678 s falls in le=0.025 and above
+    test_topic = [ln for ln in hist if 'topic="test-topic"' in ln]
+    series = f'reporter="server",{src},topic="test-topic"'
+    assert test_topic == [
+        *(f'hubble_kafka_request_duration_seconds_bucket{{api_key="test-api-key",{dst},le="{le}",{series}}} {n}'
+          for le, n in (("0.005", "0.0"), ("0.01", "0.0"), ("0.025", "1.0"), ("0.05", "1.0"), ("0.1", "1.0"),
+                        ("0.25", "1.0"), ("0.5", "1.0"), ("1.0", "1.0"), ("2.5", "1.0"), ("5.0", "1.0"),
+                        ("10.0", "1.0"), ("+Inf", "1.0"))),
+        f'hubble_kafka_request_duration_seconds_count{{api_key="test-api-key",{dst},{series}}} 1.0',
+        f'hubble_kafka_request_duration_seconds_sum{{api_key="test-api-key",{dst},{series}}} 0.012345678',
+    ]
+    fetch_series = f'api_key="fetch",{dst},reporter="client",{src},topic="deathstar-plans"'
+    assert f'hubble_kafka_request_duration_seconds_count{{{fetch_series}}} 2.0' in hist
+    assert f'hubble_kafka_request_duration_seconds_sum{{{fetch_series}}} 0.0' in hist
+    # one histogram series per topic, api_key and reporter of a counted request: none for the
+    # response, the sample or the HTTP request
+    assert len([ln for ln in hist if "_count{" in ln]) == 4
+    # without context options the label set is just the handler's own
+    assert exposition(["kafka"], flows[:1], "hubble_kafka_requests_total") == [
+        'hubble_kafka_requests_total{api_key="test-api-key",error_code="0",reporter="server",topic="test-topic"} 1.0']
+
+
+def test_flows_per_pod() -> None:
+    other_pod = {**SOURCE_EP, "pod_name": "source-deploy-pod-2", "ID": 1190}
+    flows = [
+        l4_flow("FORWARDED", {"TCP": {"source_port": 43122, "destination_port": 8080, "flags": {"SYN": True}}}),
+        l4_flow("FORWARDED", {"TCP": {"source_port": 43122, "destination_port": 8080, "flags": {"ACK": True}}}),
+        l4_flow("DROPPED", {"UDP": {"source_port": 5353, "destination_port": 53}}, src=other_pod,
+                event={"type": 1, "sub_type": 133}, drop_reason=133, drop_reason_desc="POLICY_DENIED"),
+        l4_flow("FORWARDED", {"TCP": {"source_port": 43122, "destination_port": 443}}, dst=WORLD_EP),
+        kafka_l7("REQUEST", {"api_key": "fetch", "topic": "orders"}),
+        # a trace-sock event (type 7): every flow counts, this one as "Unknown flow"
+        l4_flow("TRACED", {"TCP": {"source_port": 43122, "destination_port": 8080}}, event={"type": 7},
+                ip_version=None),
+    ]
+    pods = 'destination="destination-ns/destination-deploy-pod",protocol="{}",source="source-ns/source-deploy-pod"'
+    assert sorted(exposition(["flows-per-pod:sourceContext=pod;destinationContext=pod"], flows,
+                             "hubble_flows_per_pod_total")) == sorted([
+        f'hubble_flows_per_pod_total{{{pods.format("TCP")},verdict="FORWARDED"}} 2.0',
+        'hubble_flows_per_pod_total{destination="destination-ns/destination-deploy-pod",protocol="UDP",'
+        'source="source-ns/source-deploy-pod-2",verdict="DROPPED"} 1.0',
+        'hubble_flows_per_pod_total{destination="",protocol="TCP",source="source-ns/source-deploy-pod",'
+        'verdict="FORWARDED"} 1.0',
+        f'hubble_flows_per_pod_total{{{pods.format("Kafka")},verdict="FORWARDED"}} 1.0',
+        f'hubble_flows_per_pod_total{{{pods.format("Unknown flow")},verdict="TRACED"}} 1.0',
+    ])
+    assert sorted(exposition(["flows-per-pod"], flows, "hubble_flows_per_pod_total")) == sorted([
+        'hubble_flows_per_pod_total{protocol="TCP",verdict="FORWARDED"} 3.0',
+        'hubble_flows_per_pod_total{protocol="UDP",verdict="DROPPED"} 1.0',
+        'hubble_flows_per_pod_total{protocol="Kafka",verdict="FORWARDED"} 1.0',
+        'hubble_flows_per_pod_total{protocol="Unknown flow",verdict="TRACED"} 1.0',
+    ])
+
+
+def sctp(chunk_type: str | None, port: int = 38412) -> dict[str, Any]:
+    m: dict[str, Any] = {"source_port": 36412, "destination_port": port}
+    if chunk_type is not None:
+        m["chunk_type"] = chunk_type
+    return {"SCTP": m}
+
+
+def test_sctp_chunk_types() -> None:
+    flows = [
+        l4_flow("FORWARDED", sctp("INIT")),
+        l4_flow("FORWARDED", sctp("INIT")),
+        l4_flow("REDIRECTED", sctp("INIT_ACK")),
+        l4_flow("FORWARDED", sctp("SHUTDOWN_COMPLETE"), ip_version="IPv6"),
+        l4_flow("FORWARDED", sctp("ABORT"), event={"type": 5}),
+        # not counted: a DATA chunk (UNSUPPORTED, so absent), an older agent without the field,
+        # a drop, a flow without an IP section, TCP
+        l4_flow("FORWARDED", sctp(None)),
+        l4_flow("FORWARDED", sctp("UNSUPPORTED")),
+        l4_flow("DROPPED", sctp("INIT"), event={"type": 1, "sub_type": 133}, drop_reason_desc="POLICY_DENIED"),
+        l4_flow("FORWARDED", sctp("INIT"), ip_version=None),
+        l4_flow("FORWARDED", {"TCP": {"source_port": 1, "destination_port": 2, "flags": {"SYN": True}}}),
+    ]
+    assert sorted(exposition(["sctp:sourceContext=namespace;destinationContext=namespace"], flows,
+                             "hubble_sctp_chunk_types_total")) == sorted([
+        f'hubble_sctp_chunk_types_total{{chunk_type="{chunk}",destination="destination-ns",family="{family}",'
+        f'source="source-ns"}} {n}'
+        for chunk, family, n in (("INIT", "IPv4", "2.0"), ("INIT_ACK", "IPv4", "1.0"),
+                                 ("SHUTDOWN_COMPLETE", "IPv6", "1.0"), ("ABORT", "IPv4", "1.0"))
+    ])
 
 
 # ------------------------------------------------------------------------------ HTTP endpoint

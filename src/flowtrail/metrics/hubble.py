@@ -24,6 +24,13 @@ policy              ``hubble_policy_verdicts_total{direction,match,action}``: po
                     events (not from the host identity) and L7 events
 flows-to-world      ``hubble_flows_to_world_total{protocol,verdict[,port]}``: non-reply flows
                     to ``reserved:world``; options ``any-drop``, ``port``, ``syn-only``
+kafka               ``hubble_kafka_requests_total{topic,api_key,error_code,reporter}``,
+                    ``hubble_kafka_request_duration_seconds{topic,api_key,reporter}``: L7 Kafka
+                    REQUEST flows (responses are not counted)
+sctp                ``hubble_sctp_chunk_types_total{chunk_type,family}``: FORWARDED/REDIRECTED
+                    SCTP flows whose chunk type is known (``l4.SCTP.chunk_type``, set by
+                    newer Cilium versions)
+flows-per-pod       ``hubble_flows_per_pod_total{protocol,verdict}``: every flow
 ==================  ==========================================================================
 
 ``hubble_lost_events_total{source}`` counts the lost events in the stream, as the agent does
@@ -639,12 +646,94 @@ class HttpV2Handler(HttpHandler):
     v2 = True
 
 
-HANDLERS: dict[str, type[Handler]] = {h.name: h for h in (
+class KafkaHandler(Handler):
+    """Cilium ``pkg/hubble/metrics/kafka/handler.go`` (and its test) @``02674019``: only L7
+    Kafka flows of type REQUEST count, whatever their verdict; the histogram observes the
+    request flow's own ``l7.latency_ns``. Kafka is deprecated in flow.proto and newer Cilium
+    may no longer register the handler; dashboards of the releases that have it read these
+    series."""
+
+    name = "kafka"
+
+    def __init__(self, spec: MetricSpec, registry: CollectorRegistry) -> None:
+        super().__init__(spec, registry)
+        self.paths |= {"l7.type", "l7.latency_ns", "l7.kafka.topic", "l7.kafka.api_key", "l7.kafka.error_code",
+                       "traffic_direction"}
+        ctx = self.ctx.label_names
+        self.requests = self.counter("kafka_requests_total", "Count of Kafka requests",
+                                     [*ctx, "topic", "api_key", "error_code", "reporter"])
+        # the agent's help text says HTTP here: kept, so the exposition matches the agent's
+        self.duration = BatchHistogram(f"{NAMESPACE}_kafka_request_duration_seconds",
+                                       "Quantiles of HTTP request duration in seconds",
+                                       [*ctx, "topic", "api_key", "reporter"], registry=registry)
+
+    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+        rows = valid & view.present("l7.kafka") & view.equals("l7.type", "REQUEST", "UNKNOWN_L7_TYPE")
+        if not rows.any():
+            return
+        ctx = self.ctx.values(view)
+        topic, api_key = view.text("l7.kafka.topic"), view.text("l7.kafka.api_key")
+        # an int32 in decimal (strconv.Itoa); an older agent wrote string(rune(code)), a bug
+        error_code = pc.cast(pa.array(view.integer("l7.kafka.error_code")), pa.string())
+        rep = reporter(view)
+        _inc(self.requests, group_counts([*ctx, topic, api_key, error_code, rep], rows))
+        idx = np.flatnonzero(rows)
+        labels, group = group_rows([*ctx, topic, api_key, rep], idx)
+        self.duration.observe_groups(labels, group, view.integer("l7.latency_ns")[idx] / 1e9)
+
+
+SCTP_CHUNK_TYPE = "l4.SCTP.chunk_type"
+
+
+class SctpHandler(Handler):
+    """Cilium ``pkg/hubble/metrics/sctp/handler.go`` @``9206177f`` (test @``4a1ee862``): one
+    count per FORWARDED/REDIRECTED flow with an IP and an SCTP section whose ``chunk_type``
+    (``SCTPChunkType``: INIT, INIT_ACK, SHUTDOWN, SHUTDOWN_ACK, SHUTDOWN_COMPLETE, ABORT) is
+    not UNSUPPORTED, the value an absent field reads as. The plugin's help text names
+    ``hubble_sctp_flags_total``; the registered counter, used here, is
+    ``hubble_sctp_chunk_types_total``."""
+
+    name = "sctp"
+
+    def __init__(self, spec: MetricSpec, registry: CollectorRegistry) -> None:
+        super().__init__(spec, registry)
+        self.paths |= {"IP.ipVersion", SCTP_CHUNK_TYPE}
+        self.chunks = self.counter("sctp_chunk_types_total", "SCTP chunk type occurrences",
+                                   ["chunk_type", "family", *self.ctx.label_names])
+
+    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+        chunk = view.text(SCTP_CHUNK_TYPE, "UNSUPPORTED")
+        rows = (valid & is_verdict(view, "FORWARDED", "REDIRECTED") & view.present("IP") & view.present("l4.SCTP")
+                & ~view.equals(SCTP_CHUNK_TYPE, "UNSUPPORTED", "UNSUPPORTED"))
+        if not rows.any():
+            return
+        family = view.text("IP.ipVersion", "IP_NOT_USED")
+        _inc(self.chunks, group_counts([chunk, family, *self.ctx.values(view)], rows))
+
+
+class FlowsPerPodHandler(Handler):
+    """Cilium ``pkg/hubble/metrics/flows-per-pod/handler.go`` @``70f4076a``: every flow,
+    labelled like ``flow``'s protocol and verdict; the pod comes from the context options
+    (``sourceContext=pod;destinationContext=pod``)."""
+
+    name = "flows-per-pod"
+
+    def __init__(self, spec: MetricSpec, registry: CollectorRegistry) -> None:
+        super().__init__(spec, registry)
+        self.paths |= PROTOCOL_PATHS
+        self.flows = self.counter("flows_per_pod_total", "Total number of flows per pod",
+                                  ["protocol", "verdict", *self.ctx.label_names])
+
+    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+        _inc(self.flows, group_counts([flow_protocol(view), verdict(view), *self.ctx.values(view)], valid))
+
+
+# handlers the agent has that flowtrail does not implement: a clear error instead of silence
+UNSUPPORTED = {"nld": "network latency metrics"}
+_handlers: list[type[Handler]] = [
     FlowHandler, DropHandler, DnsHandler, TcpHandler, IcmpHandler, PortDistributionHandler, PolicyHandler,
-    FlowsToWorldHandler, HttpHandler, HttpV2Handler)}
-# handlers the agent has that flowtrail does not implement (yet): a clear error instead of silence
-UNSUPPORTED = {"kafka": "Kafka metrics", "sctp": "SCTP metrics", "flows-per-pod": "per-pod flow counts",
-               "nld": "network latency metrics"}
+    FlowsToWorldHandler, HttpHandler, HttpV2Handler, KafkaHandler, FlowsPerPodHandler, SctpHandler]
+HANDLERS: dict[str, type[Handler]] = {h.name: h for h in _handlers}
 
 
 class HubbleMetrics:

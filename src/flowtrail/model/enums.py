@@ -78,6 +78,9 @@ DEBUG_CAPTURE_POINT = {
     "DBG_CAPTURE_SNAT_POST": 11,
 }
 TUNNEL_PROTOCOL = {"UNKNOWN": 0, "VXLAN": 1, "GENEVE": 2}
+# SCTP chunk types Cilium decodes (pkg/hubble/parser/threefour/parser.go; field SCTP.chunk_type = 3)
+SCTP_CHUNK_TYPE = {"UNSUPPORTED": 0, "INIT": 1, "INIT_ACK": 2, "SHUTDOWN": 3, "SHUTDOWN_ACK": 4,
+                   "SHUTDOWN_COMPLETE": 5, "ABORT": 6}
 
 # (number, enum name, text the hubble printer shows for drop events) — pkg/monitor/api/drop.go
 _DROP_REASONS: list[tuple[int, str, str]] = [
@@ -171,6 +174,8 @@ ENUM_FIELDS: dict[str, dict[str, int]] = {
     "IP.ipVersion": IP_VERSION,
     "tunnel.IP.ipVersion": IP_VERSION,
     "tunnel.protocol": TUNNEL_PROTOCOL,
+    "l4.SCTP.chunk_type": SCTP_CHUNK_TYPE,
+    "tunnel.l4.SCTP.chunk_type": SCTP_CHUNK_TYPE,
     "trace_observation_point": TRACE_OBSERVATION_POINT,
     "trace_reason": TRACE_REASON,
     "auth_type": AUTH_TYPE,

@@ -64,7 +64,7 @@ LAYER4: Message = {
     "UDP": dict(PORTS),
     "ICMPv4": {"type": U32, "code": U32},
     "ICMPv6": {"type": U32, "code": U32},
-    "SCTP": dict(PORTS),
+    "SCTP": {**PORTS, "chunk_type": ENUM},
     "VRRP": {"type": U32, "vrid": U32, "priority": U32},
     "IGMP": {"type": U32, "group_address": STR},
 }
