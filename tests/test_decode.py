@@ -11,6 +11,7 @@ import gzip
 import io
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from flowtrail.cli import engine
 from flowtrail.cli.observe import observe_main
 from flowtrail.filters import FilterSet
 from flowtrail.filters.compile import NONCANONICAL_MARKERS
-from flowtrail.sources import files
+from flowtrail.sources import canonscan, files
 from flowtrail.sources.decode import DEFAULT_MAX_LINE, Decoded, Decoder
 from tests import strategies as S
 from tests.conftest import GOLDEN_DIR, REPO, SAMPLES_DIR
@@ -686,3 +687,10 @@ def test_worker_tasks_join_ranges_but_keep_every_worker_busy() -> None:
         assert all(e - s <= 10 * engine.MAX_GROUP for s, e in tasks)
         assert len(tasks) >= min(len(ranges), engine.TASKS_PER_WORKER * nproc)
     assert engine._grouped([], 2) == []
+
+
+def test_scanner_is_built_where_a_compiler_exists() -> None:
+    """`make install` builds the scanner whenever it can: a silent fallback would cost 3x on every
+    line of `observe -o json`."""
+    if shutil.which("gcc") or shutil.which("cc"):
+        assert canonscan._canonscan is not None

@@ -35,6 +35,7 @@ import pyarrow.json as pajson
 
 from flowtrail.model.normalize import NormalizeError, normalize_event
 from flowtrail.model.schema import envelope_arrow_schema
+from flowtrail.sources import canonscan
 from flowtrail.sources.canonical import LARGE_ENUMS, SUSPECT, SUSPECT_RARE
 
 DEFAULT_MAX_LINE = 1 << 20  # bytes; hubble's own reader gives up at 64 KiB, real flows are ~1-2 KiB
@@ -329,6 +330,7 @@ class Decoder:
         self._parse_options = pajson.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore")
         # without columns Arrow's reader still checks the JSON of every line, at half the cost
         self._check_options = pajson.ParseOptions(explicit_schema=pa.schema([]), unexpected_field_behavior="ignore")
+        self._extractor: canonscan.Extractor | None = None
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -370,17 +372,31 @@ class Decoder:
         wanted &= ~ix.empty
         fast = np.flatnonzero(wanted & ix.flow)
         slow = np.flatnonzero(wanted & ~ix.flow)
-        lines = ix.binary(fast)  # taken once for both the check and the parse
-        if fast.size:
-            suspect = self._suspect(ix, fast, lines)
+        if canonscan.AVAILABLE:
+            # one C pass checks the spelling and the JSON, and reads the projected columns
+            table = None
+            if columns:
+                if self._extractor is None:
+                    self._extractor = canonscan.Extractor(self.schema)
+                suspect, table = self._extractor.extract(ix.data, ix.starts[fast], ix.ends[fast])
+            else:
+                suspect = canonscan.noncanonical(ix.data, ix.starts[fast], ix.ends[fast])
             if suspect.any():
                 slow = np.union1d(slow, fast[suspect])
                 fast = fast[~suspect]
-                lines = lines.filter(pa.array(~suspect))
-        if columns or self.checked:
-            table, rejected = self._parse_fast(fast, lines, self._parse_options if columns else self._check_options)
+            rejected = np.zeros(0, np.int64)
         else:
-            table, rejected = None, np.zeros(0, np.int64)
+            lines = ix.binary(fast)  # taken once for both the check and the parse
+            if fast.size:
+                suspect = self._suspect(ix, fast, lines)
+                if suspect.any():
+                    slow = np.union1d(slow, fast[suspect])
+                    fast = fast[~suspect]
+                    lines = lines.filter(pa.array(~suspect))
+            if columns or self.checked:
+                table, rejected = self._parse_fast(fast, lines, self._parse_options if columns else self._check_options)
+            else:
+                table, rejected = None, np.zeros(0, np.int64)
         if rejected.size:
             slow = np.union1d(slow, rejected)
             fast = np.setdiff1d(fast, rejected, assume_unique=True)
