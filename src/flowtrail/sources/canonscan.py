@@ -108,8 +108,8 @@ class _Layout:
         assert isinstance(spec, Scalar)
         node = -1
         if out is not None:
-            kind = "bool" if pa.types.is_boolean(out) else "int" if pa.types.is_integer(out) else "str"
-            node = self.node(_Node(kind, out))
+            what = "bool" if pa.types.is_boolean(out) else "int" if pa.types.is_integer(out) else "str"
+            node = self.node(_Node(what, out))
         if key == "is_reply":
             return _BOOLVALUE, 0, node  # a BoolValue: false is set, and printed
         if spec.kind == "enum":
