@@ -258,3 +258,26 @@ def test_extracted_columns_equal_arrows_reader_on_generated_flows(batch: list[di
     bad, table = _extract(lines, schema)
     good = [ln for ln, b in zip(lines, bad, strict=True) if not b]
     assert table.equals(_arrow_table(good, schema) if good else schema.empty_table())
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.sampled_from([b'{"flow":{"a":1}}', b"{}", b"{ }", b"\n", b"\r", b"\r\n", b"\t", b"\x00",
+                                       b"\xc3\xa9", b"\x7f", b"x" * 15, b"}", b"{", b'{"flow":{']), max_size=40),
+       max_line=st.sampled_from([2, 16, 1 << 20]))
+def test_line_index_equals_the_numpy_one(parts: list[bytes], max_line: int) -> None:
+    """The C line index and the numpy one agree on every line's extent, plainness and flow shape,
+    whatever bytes surround the 16-byte steps."""
+    from flowtrail.sources.decode import _Index
+
+    data = b"".join(parts)
+    before = canonscan.AVAILABLE
+    try:
+        got = []
+        for available in (True, False):
+            canonscan.AVAILABLE = available
+            ix = _Index(data, max_line)
+            got.append((ix.count, ix.starts.tolist(), ix.ends.tolist(), ix.plain.tolist(), ix.flow.tolist(),
+                        ix.empty.tolist()))
+    finally:
+        canonscan.AVAILABLE = before
+    assert got[0] == got[1]

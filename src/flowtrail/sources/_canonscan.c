@@ -19,6 +19,10 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 enum {
     K_STR = 1, K_U32 = 2, K_I32 = 3, K_U64 = 4, K_I64 = 5, K_BOOL = 6, K_BOOLVALUE = 7,
@@ -717,6 +721,106 @@ done:
     return result;
 }
 
+/* index(data, max_line, prefix) -> (starts, ends, flags): where the lines of a block are and
+ * what they look like, in one pass over its bytes.
+ *
+ * starts/ends: int64 offsets of each line without its terminator ('\n', and a '\r' before it or
+ * ending the data); flags per line: 1 plain (2 bytes or more, '{' first, '}' last, at most
+ * max_line bytes, no other byte below 0x20 or above 0x7f), 2 plain and starting with prefix.
+ * Control and non-ASCII bytes are found 16 at a time: as signed bytes they are all below 0x20. */
+typedef struct {
+    int64_t *starts, *ends;
+    uint8_t *flags;
+    Py_ssize_t n, cap;
+} lines_t;
+
+static int add_line(lines_t *L, const uint8_t *buf, Py_ssize_t size, int64_t a, int64_t b, int odd,
+                    Py_ssize_t max_line, const uint8_t *prefix, Py_ssize_t plen) {
+    if (L->n == L->cap) {
+        Py_ssize_t cap = L->cap ? L->cap * 2 : 1024;
+        int64_t *s = (int64_t *)realloc(L->starts, (size_t)cap * sizeof(int64_t));
+        if (!s) return 0;
+        L->starts = s;
+        int64_t *e = (int64_t *)realloc(L->ends, (size_t)cap * sizeof(int64_t));
+        if (!e) return 0;
+        L->ends = e;
+        uint8_t *f = (uint8_t *)realloc(L->flags, (size_t)cap);
+        if (!f) return 0;
+        L->flags = f;
+        L->cap = cap;
+    }
+    if (b > a && buf[b - 1] == '\r') b--; /* CRLF */
+    int64_t len = b - a;
+    uint8_t flag = 0;
+    if (!odd && len >= 2 && len <= max_line && buf[a] == '{' && buf[b - 1] == '}') {
+        flag = 1;
+        if (len >= plen + 2 && memcmp(buf + a, prefix, (size_t)plen) == 0) flag |= 2;
+    }
+    L->starts[L->n] = a;
+    L->ends[L->n] = b;
+    L->flags[L->n] = flag;
+    L->n++;
+    (void)size;
+    return 1;
+}
+
+static PyObject *index_lines(PyObject *self, PyObject *args) {
+    Py_buffer data, pre;
+    Py_ssize_t max_line;
+    if (!PyArg_ParseTuple(args, "y*ny*", &data, &max_line, &pre)) return NULL;
+    PyObject *result = NULL;
+    lines_t L = {NULL, NULL, NULL, 0, 0};
+    const uint8_t *buf = (const uint8_t *)data.buf;
+    const uint8_t *prefix = (const uint8_t *)pre.buf;
+    Py_ssize_t n = data.len, p = 0;
+    int64_t start = 0;
+    int odd = 0, failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (p < n && !failed) {
+        /* skip to the next special byte */
+#ifdef __SSE2__
+        const __m128i lim = _mm_set1_epi8(0x20);
+        while (n - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(buf + p));
+            int m = _mm_movemask_epi8(_mm_cmplt_epi8(v, lim));
+            if (m) {
+                p += __builtin_ctz((unsigned)m);
+                break;
+            }
+            p += 16;
+        }
+#endif
+        while (p < n && (int8_t)buf[p] >= 0x20) p++;
+        if (p >= n) break;
+        uint8_t c = buf[p];
+        if (c == '\n') {
+            failed = !add_line(&L, buf, n, start, p, odd, max_line, prefix, pre.len);
+            start = p + 1;
+            odd = 0;
+        } else if (!(c == '\r' && (p + 1 == n || buf[p + 1] == '\n'))) {
+            odd = 1; /* a CR ending a line is its terminator; any other special byte is odd */
+        }
+        p++;
+    }
+    if (!failed && start < n) failed = !add_line(&L, buf, n, start, n, odd, max_line, prefix, pre.len);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* (a NULL pointer would make None of an empty result) */
+    result = Py_BuildValue("(y#y#y#)", L.n ? (const char *)L.starts : "", L.n * (Py_ssize_t)sizeof(int64_t),
+                           L.n ? (const char *)L.ends : "", L.n * (Py_ssize_t)sizeof(int64_t),
+                           L.n ? (const char *)L.flags : "", L.n);
+done:
+    free(L.starts);
+    free(L.ends);
+    free(L.flags);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&pre);
+    return result;
+}
+
 static PyObject *fnv(PyObject *self, PyObject *args) {
     Py_buffer b;
     unsigned int owner;
@@ -731,6 +835,7 @@ static PyObject *fnv(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"check", check, METH_VARARGS, "Mark the lines that are not canonical Hubble flow events."},
     {"extract", extract, METH_VARARGS, "check, and the projected values of the canonical lines."},
+    {"index", index_lines, METH_VARARGS, "Where the lines of a block are and which are plain flow objects."},
     {"gather", gather, METH_VARARGS, "Concatenate (and unescape) the string values of records."},
     {"slot_hash", fnv, METH_VARARGS, "The table hash of a name under an owner (for laying out the table)."},
     {NULL, NULL, 0, NULL},

@@ -185,6 +185,15 @@ def noncanonical(data: Any, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return out.view(bool)
 
 
+def index_lines(data: Any, max_line: int, prefix: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, ends, flags) of the lines of ``data``: int64 offsets without the terminator, and
+    per line bit 1 "plain" (a '{'...'}' object of at most ``max_line`` bytes with no control or
+    non-ASCII byte) and bit 2 "plain and starting with ``prefix``"."""
+    assert _canonscan is not None
+    starts, ends, flags = _canonscan.index(data, max_line, prefix)
+    return np.frombuffer(starts, np.int64), np.frombuffer(ends, np.int64), np.frombuffer(flags, np.uint8)
+
+
 class Extractor:
     """The canonical lines of a block as a table of ``schema`` (a decoder's projected envelope
     schema), equal to what Arrow's JSON reader makes of them."""

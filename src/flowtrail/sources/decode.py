@@ -222,6 +222,15 @@ class _Index:
         n = len(data)
         buf = np.frombuffer(data, np.uint8)
         self.buf = buf
+        if canonscan.AVAILABLE:
+            starts, ends, flags = canonscan.index_lines(data, max_line, FLOW_PREFIX)
+            self.count = len(starts)
+            self.starts, self.ends = starts, ends
+            self.length = ends - starts
+            self.empty = self.length == 0
+            self.plain = (flags & 1).astype(bool)
+            self.flow = (flags & 2).astype(bool)
+            return
         # one pass finds newlines, other control bytes and non-ASCII bytes
         special = _special_bytes(buf)
         is_nl = buf[special] == 10
