@@ -47,6 +47,10 @@ typedef struct {
     uint32_t mask;
     const uint8_t *names;
     uint32_t root;
+    /* Lines of one source spell their keys in the same order: after the field in slot i (or, at
+     * slot count + message id, as a message's first key) comes most often the field in slot
+     * next[i]. A key is first compared with that guess, which skips hashing and probing. */
+    int32_t *next;
 } schema_t;
 
 typedef struct {
@@ -291,14 +295,22 @@ static int any_value(scan_t *st) {
 /* -- emission of projected values (extract) ---------------------------------------------------
  *
  * A projected field has an output node (slot.node; -1: not projected). Every value found for it
- * is appended to the node's records as four int64: the instance it belongs to (the row, or the
- * item of the enclosing list), then by node kind: a string's offset, length and whether it holds
- * escapes; an integer or boolean value; nothing for a message's presence; a list's item count.
+ * is appended to the node's records (rec_t): the instance it belongs to (the row, or the item of
+ * the enclosing list) and by node kind: a string's offset and length (bit 31: it holds escapes);
+ * an integer or boolean value; nothing for a message's presence; a list's item count.
  * Items of a list are instances of their own, numbered per list node, in order; a list of
  * scalars keeps its items' values in node + 1. Python turns the records into Arrow arrays. */
 typedef struct {
-    int64_t *rec;
-    Py_ssize_t n, cap; /* in records of 4 int64 */
+    int64_t a;     /* string offset, integer or boolean value, list item count */
+    int32_t inst;  /* row or item */
+    uint32_t b;    /* string length | escaped << 31 */
+} rec_t;
+
+#define ESCAPED 0x80000000u
+
+typedef struct {
+    rec_t *rec;
+    Py_ssize_t n, cap;
     int64_t items;     /* a list node: items so far */
     /* what to roll back to when the current line fails: the state before its first write */
     Py_ssize_t line, mark_n;
@@ -323,11 +335,11 @@ static inline out_t *touch(emit_t *em, int32_t node) {
     return o;
 }
 
-static int emit(emit_t *em, int32_t node, int64_t inst, int64_t a, int64_t b, int64_t c) {
+static int emit(emit_t *em, int32_t node, int64_t inst, int64_t a, uint32_t b) {
     out_t *o = touch(em, node);
     if (o->n == o->cap) {
         Py_ssize_t cap = o->cap ? o->cap * 2 : em->hint;
-        int64_t *rec = (int64_t *)realloc(o->rec, (size_t)cap * 4 * sizeof(int64_t));
+        rec_t *rec = (rec_t *)realloc(o->rec, (size_t)cap * sizeof(rec_t));
         if (!rec) {
             em->failed = 1;
             return 0;
@@ -335,11 +347,10 @@ static int emit(emit_t *em, int32_t node, int64_t inst, int64_t a, int64_t b, in
         o->rec = rec;
         o->cap = cap;
     }
-    int64_t *r = o->rec + o->n * 4;
-    r[0] = inst;
-    r[1] = a;
-    r[2] = b;
-    r[3] = c;
+    rec_t *r = o->rec + o->n;
+    r->a = a;
+    r->inst = (int32_t)inst;
+    r->b = b;
     o->n++;
     return 1;
 }
@@ -369,11 +380,11 @@ static int field_value(scan_t *st, uint32_t kind, uint32_t child, emit_t *em, in
         break;
     case K_U32:
         ok = number(st, &b, &n) && canonical_int(b, n, 0, "4294967295", "");
-        if (ok && em && node >= 0) return emit(em, node, inst, parse_int(b, n), 0, 0);
+        if (ok && em && node >= 0) return emit(em, node, inst, parse_int(b, n), 0);
         return ok;
     case K_I32:
         ok = number(st, &b, &n) && canonical_int(b, n, 1, "2147483647", "2147483648");
-        if (ok && em && node >= 0) return emit(em, node, inst, parse_int(b, n), 0, 0);
+        if (ok && em && node >= 0) return emit(em, node, inst, parse_int(b, n), 0);
         return ok;
     case K_U64:
         ok = c == '"' && string(st, &b, &n, NULL, &esc) && !esc &&
@@ -386,15 +397,15 @@ static int field_value(scan_t *st, uint32_t kind, uint32_t child, emit_t *em, in
     case K_BOOL:
         /* false is the default: protojson omits it */
         ok = literal(st, "true");
-        if (ok && em && node >= 0) return emit(em, node, inst, 1, 0, 0);
+        if (ok && em && node >= 0) return emit(em, node, inst, 1, 0);
         return ok;
     case K_BOOLVALUE:
         if (literal(st, "true")) {
-            if (em && node >= 0) return emit(em, node, inst, 1, 0, 0);
+            if (em && node >= 0) return emit(em, node, inst, 1, 0);
             return 1;
         }
         if (literal(st, "false")) {
-            if (em && node >= 0) return emit(em, node, inst, 0, 0, 0);
+            if (em && node >= 0) return emit(em, node, inst, 0, 0);
             return 1;
         }
         return 0;
@@ -407,14 +418,14 @@ static int field_value(scan_t *st, uint32_t kind, uint32_t child, emit_t *em, in
         break;
     case K_MSG:
         if (c != '{') return 0;
-        if (em && node >= 0 && !emit(em, node, inst, 0, 0, 0)) return 0;
+        if (em && node >= 0 && !emit(em, node, inst, 0, 0)) return 0;
         return message(st, child, em, inst);
     case K_ANY:
         return any_value(st);
     default:
         return 0;
     }
-    if (ok && em && node >= 0) return emit(em, node, inst, b - base, (int64_t)n, esc);
+    if (ok && em && node >= 0) return emit(em, node, inst, b - base, (uint32_t)n | (esc ? ESCAPED : 0));
     return ok;
 }
 
@@ -431,10 +442,29 @@ static int message(scan_t *st, uint32_t msg, emit_t *em, int64_t inst) {
         st->depth--;
         return 1;
     }
+    const schema_t *s = st->s;
+    int32_t *guess = &s->next[s->mask + 1 + (msg & s->mask)];
     for (;;) {
-        if (st->p >= st->end || *st->p != '"' || !string(st, &b, &n, &h, &esc) || esc) return 0;
-        const slot_t *f = lookup(st->s, msg, b, n, h);
-        if (!f || f->kind == K_REJECT) return 0;
+        const slot_t *f = NULL;
+        if (st->p >= st->end || *st->p != '"') return 0;
+        if (*guess >= 0) {
+            const slot_t *g = &s->slots[*guess];
+            const uint8_t *q = st->p + 1;
+            size_t len = g->name_len;
+            if (g->owner_plus1 == msg + 1 && (size_t)(st->end - q) > len && q[len] == '"' &&
+                memcmp(q, s->names + g->name_off, len) == 0) {
+                f = g;
+                st->p = q + len + 1;
+            }
+        }
+        if (!f) {
+            if (!string(st, &b, &n, &h, &esc) || esc) return 0;
+            f = lookup(s, msg, b, n, h);
+            if (!f) return 0;
+            *guess = (int32_t)(f - s->slots);
+        }
+        guess = &s->next[f - s->slots];
+        if (f->kind == K_REJECT) return 0;
         uint64_t bit = (uint64_t)1 << (f->field_index & 63);
         if (seen & bit) return 0; /* a repeated key: protojson rejects it */
         seen |= bit;
@@ -472,7 +502,7 @@ static int message(scan_t *st, uint32_t msg, emit_t *em, int64_t inst) {
                 st->p++;
                 break;
             }
-            if (node >= 0 && !emit(em, node, inst, count, 0, 0)) return 0;
+            if (node >= 0 && !emit(em, node, inst, count, 0)) return 0;
         } else if (!field_value(st, f->kind, f->child, node >= 0 ? em : NULL, node, inst)) {
             return 0;
         }
@@ -507,6 +537,7 @@ static PyObject *check(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*Iy*y*y*w*", &table, &names, &root, &data, &starts, &ends, &out))
         return NULL;
     PyObject *result = NULL;
+    int32_t *next = NULL;
     Py_ssize_t nslots = table.len / (Py_ssize_t)sizeof(slot_t);
     Py_ssize_t count = starts.len / 8;
     if (nslots == 0 || (nslots & (nslots - 1)) || table.len % (Py_ssize_t)sizeof(slot_t)) {
@@ -517,7 +548,13 @@ static PyObject *check(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "starts, ends and out must describe the same lines");
         goto done;
     }
-    schema_t s = {(const slot_t *)table.buf, (uint32_t)(nslots - 1), (const uint8_t *)names.buf, root};
+    next = (int32_t *)malloc((size_t)nslots * 2 * sizeof(int32_t));
+    if (!next) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memset(next, 0xFF, (size_t)nslots * 2 * sizeof(int32_t));
+    schema_t s = {(const slot_t *)table.buf, (uint32_t)(nslots - 1), (const uint8_t *)names.buf, root, next};
     const int64_t *st = (const int64_t *)starts.buf, *en = (const int64_t *)ends.buf;
     const uint8_t *buf = (const uint8_t *)data.buf;
     uint8_t *o = (uint8_t *)out.buf;
@@ -537,6 +574,7 @@ static PyObject *check(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(bad);
 done:
+    free(next);
     PyBuffer_Release(&table);
     PyBuffer_Release(&names);
     PyBuffer_Release(&data);
@@ -559,6 +597,7 @@ static PyObject *extract(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     emit_t em = {NULL, nodes, 0, 0, 0};
+    int32_t *next = NULL;
     Py_ssize_t nslots = table.len / (Py_ssize_t)sizeof(slot_t);
     Py_ssize_t count = starts.len / 8;
     if (nslots == 0 || (nslots & (nslots - 1)) || table.len % (Py_ssize_t)sizeof(slot_t) || nodes < 0) {
@@ -583,7 +622,13 @@ static PyObject *extract(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t k = 0; k < nodes; k++) em.outs[k].line = -1;
     em.hint = count + 64;
-    schema_t s = {(const slot_t *)table.buf, (uint32_t)(nslots - 1), (const uint8_t *)names.buf, root};
+    next = (int32_t *)malloc((size_t)nslots * 2 * sizeof(int32_t));
+    if (!next) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memset(next, 0xFF, (size_t)nslots * 2 * sizeof(int32_t));
+    schema_t s = {(const slot_t *)table.buf, (uint32_t)(nslots - 1), (const uint8_t *)names.buf, root, next};
     const uint8_t *buf = (const uint8_t *)data.buf;
     uint8_t *o = (uint8_t *)out.buf;
     int64_t row = 0;
@@ -613,7 +658,7 @@ static PyObject *extract(PyObject *self, PyObject *args) {
     if (!result) goto done;
     for (Py_ssize_t k = 0; k < nodes; k++) {
         PyObject *b = PyBytes_FromStringAndSize((const char *)em.outs[k].rec,
-                                                em.outs[k].n * 4 * (Py_ssize_t)sizeof(int64_t));
+                                                em.outs[k].n * (Py_ssize_t)sizeof(rec_t));
         if (!b) {
             Py_CLEAR(result);
             goto done;
@@ -625,6 +670,7 @@ done:
         for (Py_ssize_t k = 0; k < nodes; k++) free(em.outs[k].rec);
         free(em.outs);
     }
+    free(next);
     PyBuffer_Release(&table);
     PyBuffer_Release(&names);
     PyBuffer_Release(&data);
@@ -650,15 +696,14 @@ static uint8_t *utf8(uint8_t *w, uint32_t cp) {
 
 /* gather(data, records, offsets) -> bytes
  *
- * The string values of a node's records (offset, length, escaped at columns 1-3 of each row of 4
- * int64), concatenated with their escapes decoded; offsets (int32, one more than the records)
+ * The string values of a node's records (rec_t), concatenated with their escapes decoded; offsets (int32, one more than the records)
  * receives where each starts. The scanner has checked every escape (no surrogates). */
 static PyObject *gather(PyObject *self, PyObject *args) {
     Py_buffer data, recs, offs;
     if (!PyArg_ParseTuple(args, "y*y*w*", &data, &recs, &offs)) return NULL;
     PyObject *result = NULL;
-    Py_ssize_t n = recs.len / (4 * (Py_ssize_t)sizeof(int64_t));
-    const int64_t *r = (const int64_t *)recs.buf;
+    Py_ssize_t n = recs.len / (Py_ssize_t)sizeof(rec_t);
+    const rec_t *r = (const rec_t *)recs.buf;
     int32_t *off = (int32_t *)offs.buf;
     const uint8_t *buf = (const uint8_t *)data.buf;
     if (offs.len < (n + 1) * (Py_ssize_t)sizeof(int32_t)) {
@@ -667,11 +712,12 @@ static PyObject *gather(PyObject *self, PyObject *args) {
     }
     int64_t total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (r[i * 4 + 1] < 0 || r[i * 4 + 2] < 0 || r[i * 4 + 1] + r[i * 4 + 2] > data.len) {
+        int64_t len = (int64_t)(r[i].b & ~ESCAPED);
+        if (r[i].a < 0 || r[i].a + len > data.len) {
             PyErr_SetString(PyExc_ValueError, "record outside the data");
             goto done;
         }
-        total += r[i * 4 + 2]; /* decoding only shortens */
+        total += len; /* decoding only shortens */
     }
     if (total > INT32_MAX) {
         PyErr_SetString(PyExc_OverflowError, "string values over 2 GiB");
@@ -681,9 +727,9 @@ static PyObject *gather(PyObject *self, PyObject *args) {
     if (!result) goto done;
     uint8_t *w0 = (uint8_t *)PyBytes_AS_STRING(result), *w = w0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const uint8_t *p = buf + r[i * 4 + 1], *end = p + r[i * 4 + 2];
+        const uint8_t *p = buf + r[i].a, *end = p + (r[i].b & ~ESCAPED);
         off[i] = (int32_t)(w - w0);
-        if (!r[i * 4 + 3]) {
+        if (!(r[i].b & ESCAPED)) {
             memcpy(w, p, (size_t)(end - p));
             w += end - p;
             continue;

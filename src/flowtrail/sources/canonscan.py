@@ -220,6 +220,10 @@ class Extractor:
         return bad.view(bool), pa.Table.from_arrays(arrays, schema=self.schema)
 
 
+# one value of a node (rec_t in the C file)
+_RECORD = np.dtype([("a", "<i8"), ("inst", "<i4"), ("b", "<u4")])
+
+
 class _Builder:
     def __init__(self, data: Any, nodes: list[_Node], recs: list[bytes]) -> None:
         self.data = data
@@ -227,13 +231,13 @@ class _Builder:
         self.recs = recs
 
     def records(self, node: int) -> np.ndarray:
-        return np.frombuffer(self.recs[node], np.int64).reshape(-1, 4)
+        return np.frombuffer(self.recs[node], _RECORD)
 
     def array(self, node: int, n: int, all_valid: bool = False) -> pa.Array:
         """Node ``node`` as an array of ``n`` instances (rows, or items of the enclosing list)."""
         spec = self.nodes[node]
         rec = self.records(node)
-        inst = rec[:, 0]
+        inst = rec["inst"]
         valid: np.ndarray | None = None
         if not all_valid:
             valid = np.zeros(n, bool)
@@ -245,7 +249,7 @@ class _Builder:
             return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
         if spec.kind == "list":
             counts = np.zeros(n, np.int64)
-            counts[inst] = rec[:, 1]
+            counts[inst] = rec["a"]
             offsets = np.zeros(n + 1, np.int32)
             np.cumsum(counts, out=offsets[1:])
             items = int(offsets[-1])
@@ -254,7 +258,7 @@ class _Builder:
         if spec.kind == "str":
             assert _canonscan is not None
             offs = np.empty(len(rec) + 1, np.int32)
-            blob = _canonscan.gather(self.data, np.ascontiguousarray(rec), offs)
+            blob = _canonscan.gather(self.data, self.recs[node], offs)
             if len(inst) == n:
                 return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offs), pa.py_buffer(blob)])
             lengths = np.zeros(n, np.int32)
@@ -266,7 +270,7 @@ class _Builder:
             return pa.Array.from_buffers(pa.string(), n, [pa.py_buffer(bitmap), pa.py_buffer(dense), pa.py_buffer(blob)],
                                          null_count=n - len(inst))
         values = np.zeros(n, np.int64)
-        values[inst] = rec[:, 1]
+        values[inst] = rec["a"]
         if spec.kind == "bool":
             return pa.array(values.astype(bool), pa.bool_(), mask=None if valid is None else ~valid)
         return pa.array(values, spec.type, mask=None if valid is None else ~valid)
