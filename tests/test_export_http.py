@@ -13,6 +13,7 @@ import gzip
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,8 +34,7 @@ FAST = {"flush_interval_s": 0.05, "retry_backoff_s": 0.02, "retry_backoff_max_s"
 SUMMED = ("filtered", "expired", "sampled", "rate_limited", "dropped", "errors", "exported", "pending")
 
 
-@pytest.fixture(scope="module")
-def lines() -> list[bytes]:
+def load_lines() -> list[bytes]:
     """Real sample flows and lab flows (DNS C2 and a drop spike), as canonical lines."""
     out: list[bytes] = []
     for p in sorted(SAMPLES_DIR.glob("*.jsonl")) if SAMPLES_DIR.is_dir() else [BUNDLED / "hubble-samples.jsonl"]:
@@ -51,6 +51,11 @@ def lines() -> list[bytes]:
     return d.rows.to_list()  # what the decoder keeps (agent/debug events are not flows)
 
 
+@pytest.fixture(scope="module")
+def lines() -> list[bytes]:
+    return load_lines()
+
+
 def feed(ex: FlowExport, rows: list[bytes], batch: int = 700) -> None:
     dec = Decoder(ex.paths)
     for i in range(0, len(rows), batch):
@@ -59,7 +64,7 @@ def feed(ex: FlowExport, rows: list[bytes], batch: int = 700) -> None:
 
 
 def check_sum(stats: dict[str, int]) -> None:
-    assert stats["input"] == sum(stats[k] for k in SUMMED), stats
+    assert stats["input"] + stats["recovered"] == sum(stats[k] for k in SUMMED), stats
 
 
 class Server(ThreadingHTTPServer):
@@ -71,11 +76,15 @@ class Server(ThreadingHTTPServer):
         self.wire_errors: list[str] = []
         self.requests = 0
         self.busy = 0  # answer this many requests with 503 first
+        self.retry_after: str | None = None  # sent with those 503s
+        self.times: list[float] = []  # when each request came (monotonic)
         self.docs: dict[str, list[bytes]] = {}  # id -> source lines indexed
         self.no_id: list[bytes] = []
         self.item_status: Callable[[dict[str, Any], int], int] = lambda src, seen: 201
         self.seen: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
+        self.order: list[bytes] = []  # documents indexed, in arrival order
+        self.items: list[tuple[int, str, int]] = []  # (request number, row key, item status) per bulk item
         self.token = "tok-123"
         self.bad_uuids: set[str] = set()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -97,10 +106,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def reply(self, status: int, body: Any) -> None:
+    def reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -116,6 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
     def busy(self) -> bool:
         with self.server.lock:
             self.server.requests += 1
+            self.server.times.append(time.monotonic())
             if self.server.busy > 0:
                 self.server.busy -= 1
                 return True
@@ -163,7 +175,9 @@ class BulkHandler(_Handler):
                 seen = self.server.seen.get(key, 0)
                 self.server.seen[key] = seen + 1
                 status = self.server.item_status(src, seen)
+                self.server.items.append((self.server.requests, key, status))
                 if status < 300:
+                    self.server.order.append(original)
                     if uuid:
                         self.server.docs.setdefault(uuid, []).append(original)
                     else:
@@ -187,7 +201,8 @@ class HecHandler(_Handler):
     def do_POST(self) -> None:
         body = self.body()
         if self.busy():
-            self.reply(503, {"text": "Server is busy", "code": 9})
+            retry_after = self.server.retry_after
+            self.reply(503, {"text": "Server is busy", "code": 9}, {"Retry-After": retry_after} if retry_after else None)
             return
         if self.path != "/services/collector/event":
             return self.wrong(f"path {self.path}")
@@ -280,6 +295,7 @@ def test_elasticsearch_retries_503_and_masks(lines: list[bytes], servers: list[S
     (ex,) = build_flow_exports([es_entry(srv.url + "/_bulk", type="opensearch", batch_max=5000, fieldMask=mask,
                                          includeFilters=[{"protocol": ["UDP"]}])])
     feed(ex, lines)
+    assert isinstance(ex, HttpFlowExport)
     assert ex.drain(20)
     ex.close()
     assert srv.wire_errors == [] and srv.requests >= 4
@@ -301,6 +317,7 @@ def test_outage_buffers_then_sheds_newest(lines: list[bytes], servers: list[Serv
     with caplog.at_level(logging.WARNING, logger="flowtrail.sinks.export"):
         feed(ex, rows, batch=500)
     assert ex.stats["dropped"] == 1000 and ex.stats["pending"] == 1000 and ex.stats["exported"] == 0
+    assert ex.drops == {"buffer_full": 1000, "spool_full": 0, "closed": 0}
     shed_logs = [r for r in caplog.records if "buffer full" in r.getMessage()]
     assert len(shed_logs) == 1 and "dropped 500 rows" in shed_logs[0].getMessage()  # once per interval
     assert ex.stats["retries"] >= 1
@@ -321,6 +338,7 @@ def test_close_during_outage_counts_undelivered_as_dropped(lines: list[bytes]) -
     feed(ex, lines[:800])
     ex.close()
     assert ex.stats["dropped"] == 800 and ex.stats["pending"] == 0 and ex.stats["exported"] == 0
+    assert ex.drops["closed"] == 800  # no state_dir: an outage that outlasts the process loses them
     check_sum(ex.stats)
     with pytest.raises(ValueError, match="closed"):
         feed(ex, lines[:10])
@@ -367,6 +385,7 @@ def test_splunk_bad_token_is_an_error_not_a_retry(lines: list[bytes], servers: l
     (ex,) = build_flow_exports([{"type": "splunk-hec", "name": "hec", "url": srv.url + "/services/collector/event",
                                  "token": "wrong", "fieldMask": ["verdict"], **FAST}])
     feed(ex, lines[:300])
+    assert isinstance(ex, HttpFlowExport)
     assert ex.drain(10)
     ex.close()
     assert ex.stats["errors"] == 300 and ex.stats["exported"] == 0 and ex.stats["retries"] == 0
@@ -394,6 +413,7 @@ def test_api_key_header(lines: list[bytes], servers: list[Server]) -> None:
     (ex,) = build_flow_exports([{"type": "elasticsearch", "name": "k", "url": srv.url, "api_key": "a2V5OnNlY3JldA==",
                                  **FAST}])
     feed(ex, lines[:50])
+    assert isinstance(ex, HttpFlowExport)
     assert ex.drain(10)
     ex.close()
     assert ex.stats["exported"] == 50 and srv.wire_errors == []

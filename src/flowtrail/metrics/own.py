@@ -38,6 +38,15 @@ attribute / metric                          meaning
   ``flowtrail_sink_spooled{sink}``
 ``export_flows``                            flows offered to a flow exporter, by outcome: ``exported``,
   ``flowtrail_export_flows_total{exporter,outcome}``  ``filtered``, ``expired``, ``sampled``, ``rate_limited``, ``errors``, ``dropped``
+``export_dropped``                          the ``dropped`` flows of an exporter by reason: ``buffer_full``
+  ``flowtrail_export_dropped_total{exporter,reason}``  (memory buffer), ``spool_full`` (disk spool cap), ``closed``
+                                              (undelivered at stop without a spool)
+``export_retries``                          failed HTTP export attempts that are retried
+  ``flowtrail_export_retries_total{exporter}``
+``export_pending``                          flows an HTTP exporter holds: queued, spooled or in flight
+  ``flowtrail_export_pending{exporter}``
+``export_spool_bytes``                      bytes in an HTTP exporter's disk spool (its cap: ``spool_max_mb``)
+  ``flowtrail_export_spool_bytes{exporter}``
 ``source_reconnects``                       reconnections of a streaming source (Hubble Relay, agent)
   ``flowtrail_source_reconnects_total{source}``
 ``source_connected``                        1 while a streaming source is connected, else 0
@@ -119,6 +128,14 @@ class OwnMetrics:
                                   registry=r)
         self.export_flows = Counter("flowtrail_export_flows_total", "Flows offered to a flow exporter, by outcome",
                                     ["exporter", "outcome"], registry=r)
+        self.export_dropped = Counter("flowtrail_export_dropped_total", "Flows a flow exporter dropped, by reason",
+                                      ["exporter", "reason"], registry=r)
+        self.export_retries = Counter("flowtrail_export_retries_total", "Failed HTTP export attempts retried",
+                                      ["exporter"], registry=r)
+        self.export_pending = Gauge("flowtrail_export_pending", "Flows an HTTP exporter holds (queued, spooled, "
+                                    "in flight)", ["exporter"], registry=r)
+        self.export_spool_bytes = Gauge("flowtrail_export_spool_bytes", "Bytes in an HTTP exporter's disk spool",
+                                        ["exporter"], registry=r)
         self.source_reconnects = Counter("flowtrail_source_reconnects_total",
                                          "Reconnections of a streaming source", ["source"], registry=r)
         self.source_connected = Gauge("flowtrail_source_connected", "1 while a streaming source is connected",

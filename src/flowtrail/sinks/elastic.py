@@ -14,7 +14,8 @@ Config entry (``type: elasticsearch``, alias ``opensearch``), besides the common
       timestamp_field: "@timestamp"     # added to each document from the flow time; null: not added
       batch_max: 5000                   # rows per bulk request (also batch_max_mb, default 8)
       flush_interval_s: 1               # longest a row waits in the buffer
-      max_buffer: 100000                # rows buffered at most (also max_buffer_mb); more are dropped
+      max_buffer: 100000                # rows held in memory at most (also max_buffer_mb); more are dropped
+      spool_max_mb: 1024                # with state_dir: the disk spool's cap (spool: false: no spool)
       tls_verify: true                  # or a CA bundle path, or false
 
 Wire format: ``POST <url>/_bulk`` with ``Content-Type: application/x-ndjson``; per row an action
@@ -23,11 +24,13 @@ the flow's Hubble JSON (field-masked when configured) with ``"@timestamp"`` firs
 ``_id`` makes a retried request idempotent: a document is never indexed twice. Lost events
 have no uuid and get an id from Elasticsearch.
 
-The response's ``items`` are read one by one: 2xx is exported; 429 (a full write queue) is
-retried with backoff with the other rows of the batch that got it; any other item error (a
-mapping conflict, say) counts in ``errors`` and its reason is logged (at most once per
-interval). HTTP-level retries, buffering and load shedding are those of
-:class:`~flowtrail.sinks.export.HttpFlowExport`.
+The response's ``items`` are read one by one: 2xx is exported; 429 (a full write queue) and
+5xx (a shard unavailable) are sent again with backoff, only those rows; any other item error
+(a mapping conflict: ``mapper_parsing_exception``, 400) would fail again, so it is not retried:
+it counts in ``errors`` and its reason is logged (at most once per interval). HTTP-level
+retries, buffering, the disk spool and load shedding are those of
+:class:`~flowtrail.sinks.export.HttpFlowExport`; a spooled row is its two lines (a record of
+``record_lines = 2``), so a retried row is sent with the ``_id`` and index it had.
 
 Per-row Python is confined to building each row's two lines (bytes that must be produced per
 row anyway); index names and timestamps are computed for the whole batch with Arrow.
@@ -39,6 +42,7 @@ import base64
 import re
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +60,7 @@ from flowtrail.sinks.export import (
     http_options,
 )
 from flowtrail.sinks.fieldmask import FieldMask
+from flowtrail.sinks.spool import EMPTY_BLOCK, Block
 from flowtrail.sources.decode import Rows
 
 DEFAULT_INDEX = "hubble-flows-%Y.%m.%d"
@@ -74,6 +79,7 @@ class ElasticFlowExport(HttpFlowExport):
 
     kind = "elasticsearch"
     content_type = "application/x-ndjson"
+    record_lines = 2  # the action line and the document
 
     def __init__(
         self,
@@ -107,13 +113,14 @@ class ElasticFlowExport(HttpFlowExport):
         self.paths.add("uuid")
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any], selector: Selector, mask: FieldMask) -> ElasticFlowExport:
+    def from_entry(cls, entry: Mapping[str, Any], selector: Selector, mask: FieldMask,
+                   spool_dir: Path | None = None) -> ElasticFlowExport:
         return cls(
             entry["name"], entry["url"], selector, mask,
             index=entry.get("index", DEFAULT_INDEX), username=entry.get("username"),
             password=entry.get("password"), api_key=entry.get("api_key"),
             op_type=entry.get("op_type", "index"), timestamp_field=entry.get("timestamp_field", "@timestamp"),
-            **http_options(entry),
+            spool_dir=spool_dir, **http_options(entry),
         )
 
     def index_names(self, ns: np.ndarray, valid: np.ndarray) -> pa.Array:
@@ -147,34 +154,35 @@ class ElasticFlowExport(HttpFlowExport):
             out.append(action + src)
         return out
 
-    def handle(self, resp: requests.Response, batch: list[bytes]) -> tuple[int, int, list[bytes]] | None:
+    def handle(self, resp: requests.Response, batch: Block) -> tuple[int, int, Block] | None:
         if not 200 <= resp.status_code < 300:
             return None
         try:
             body = orjson.loads(resp.content)
         except orjson.JSONDecodeError:
-            return 0, len(batch), []  # not Elasticsearch: nothing is known to be indexed
+            return 0, len(batch), EMPTY_BLOCK  # not Elasticsearch: nothing is known to be indexed
         if not isinstance(body, dict):
-            return 0, len(batch), []
+            return 0, len(batch), EMPTY_BLOCK
         if not body.get("errors"):
             items = body.get("items")
             if isinstance(items, list) and len(items) != len(batch):
                 with self._cond:
                     self._warn("items", f"bulk response has {len(items)} items for {len(batch)} rows ({{n}})", 1)
-            return len(batch), 0, []
+            return len(batch), 0, EMPTY_BLOCK
         items = body.get("items")
         if not isinstance(items, list) or len(items) != len(batch):
-            return 0, len(batch), []
+            return 0, len(batch), EMPTY_BLOCK
         ok = bad = 0
-        retry: list[bytes] = []
+        retry: list[int] = []
         reasons: dict[str, int] = {}
-        for doc, item in zip(batch, items, strict=True):
+        # per item: the response has one result per row, read only when some failed
+        for i, item in enumerate(items):
             result: Any = next(iter(item.values()), {}) if isinstance(item, dict) and item else {}
             status = int(result.get("status", 0)) if isinstance(result, dict) else 0
             if 200 <= status < 300 or (status == 409 and self.op_type == "create"):
                 ok += 1
-            elif status == 429:
-                retry.append(doc)
+            elif status == 429 or status >= 500:
+                retry.append(i)
             else:
                 bad += 1
                 err = result.get("error") if isinstance(result, dict) else None
@@ -184,5 +192,5 @@ class ElasticFlowExport(HttpFlowExport):
         if reasons:
             detail = ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items()))
             with self._cond:
-                self._warn("item-errors", f"bulk items refused: {detail} ({{n}} in all)", bad)
-        return ok, bad, retry
+                self._warn("item-errors", f"bulk items refused, not retried: {detail} ({{n}} in all)", bad)
+        return ok, bad, batch.take(retry) if retry else EMPTY_BLOCK

@@ -37,29 +37,38 @@ Pipeline of every exporter, per decoded batch, vectorized (numpy/Arrow) up to th
    :class:`~flowtrail.sinks.rotate.RotatingWriter`. A field mask (:mod:`.fieldmask`) rewrites
    each line: per-row Python, as each output line is built anyway.
 
+HTTP exporters queue the encoded rows in memory or, given a spool directory (``state_dir``), in
+an on-disk spool that survives outages and restarts; see :class:`HttpFlowExport`.
+
 Counters (``stats``; all exporters have all keys)::
 
-    input == filtered + expired + sampled + rate_limited + dropped + errors + exported + pending
+    input + recovered == filtered + expired + sampled + rate_limited + dropped + errors + exported + pending
 
-``input`` rows given to ``write``; ``filtered`` rejected by the allow/deny lists; ``expired``
-after ``end``; ``sampled`` DNS flows sampled out; ``rate_limited`` over the token bucket;
-``dropped`` shed because an HTTP exporter's buffer was full (policy: the newest rows are
-refused, never blocking the pipeline) or still undelivered when it was closed; ``errors``
-rows the destination refused or that could not be written; ``exported`` rows written to the
-file or acknowledged by the server; ``pending`` rows buffered or in flight (always 0 for the
-file exporter). ``bytes`` counts bytes written or sent (accepted payload only).
+``input`` rows given to ``write``; ``recovered`` rows found in the disk spool at start (queued
+by an earlier run); ``filtered`` rejected by the allow/deny lists; ``expired`` after ``end``;
+``sampled`` DNS flows sampled out; ``rate_limited`` over the token bucket; ``dropped`` shed by
+an HTTP exporter (policy: the newest rows are refused, never blocking the pipeline; the reason
+of each is counted in ``drops``: ``buffer_full``, ``spool_full``, ``closed``); ``errors`` rows
+the destination refused or that could not be written; ``exported`` rows written to the file or
+acknowledged by the server; ``pending`` rows queued, spooled or in flight (always 0 for the
+file exporter; rows left in a disk spool at close stay pending: the next run sends them).
+``bytes`` counts bytes written or sent (accepted payload only). HTTP exporters also count
+``retries`` (failed attempts retried) and ``spool_bytes`` (bytes in the disk spool now).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import re
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 
 import jsonschema
@@ -74,15 +83,25 @@ from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.sinks.fieldmask import FieldMask, FieldMaskError
 from flowtrail.sinks.ratelimit import DnsSampler, TokenBucket
 from flowtrail.sinks.rotate import RotatingWriter
+from flowtrail.sinks.spool import EMPTY_BLOCK, Block, DiskSpool, MemorySpool, Spool, SpoolError, record_ends
 from flowtrail.sources.decode import Rows
 
 log = logging.getLogger(__name__)
 
-STAT_KEYS = ("input", "exported", "filtered", "expired", "sampled", "rate_limited", "dropped", "errors",
-             "pending", "bytes")
+STAT_KEYS = ("input", "recovered", "exported", "filtered", "expired", "sampled", "rate_limited", "dropped",
+             "errors", "pending", "bytes")
+# why rows were dropped: the memory buffer (or the disk spool's inbox) was full; the disk spool
+# reached spool_max_mb; undelivered when the exporter closed without a disk spool
+DROP_REASONS = ("buffer_full", "spool_full", "closed")
 DEFAULT_FILE_MAX_SIZE_MB = 10  # Hubble's DefaultFileMaxSizeMB
 DEFAULT_FILE_MAX_BACKUPS = 5  # Hubble's DefaultFileMaxBackups
+# 1 GiB: about 570k flows as Elasticsearch documents or HEC events of the real samples and lab
+# flows the tests use (1.9 KB each, unmasked), ten minutes of 1000 flows/s; the alert spool's
+# 256 MB would hold under three. Size it as flows/s x bytes per flow x the outage to ride out.
+DEFAULT_SPOOL_MAX_MB = 1024
+RETRY_STATUS = frozenset({408, 429})  # 4xx that mean "later", like 5xx
 MB = 1 << 20
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class ExportConfigError(ValueError):
@@ -96,6 +115,7 @@ class FlowExport(Protocol):
     name: str
     paths: set[str]  # flow paths the decoder must project for this exporter's filters/sampling
     stats: dict[str, int]
+    drops: dict[str, int]  # stats["dropped"] by reason (DROP_REASONS)
 
     def write(self, table: pa.Table | None, rows: Rows) -> None: ...
 
@@ -143,6 +163,10 @@ _HTTP_PROPS: dict[str, Any] = {
     "retry_backoff_s": {"type": "number", "exclusiveMinimum": 0, "default": 0.5},
     "retry_backoff_max_s": {"type": "number", "exclusiveMinimum": 0, "default": 30},
     "close_timeout_s": {"type": "number", "minimum": 0, "default": 10},
+    "spool": {"type": "boolean", "default": True,
+              "description": "with state_dir: queue rows in a disk spool (state_dir/export-spool/<name>)"},
+    "spool_max_mb": {"type": "number", "exclusiveMinimum": 0, "default": DEFAULT_SPOOL_MAX_MB,
+                     "description": "disk spool cap; beyond it the newest rows are dropped"},
     "tls_verify": {"anyOf": [{"type": "boolean"}, {"type": "string"}], "default": True,
                    "description": "false, or a CA bundle path"},
     "headers": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -323,6 +347,7 @@ class FileFlowExport:
         self.mask = field_mask if field_mask is not None and field_mask.active else None
         self.paths = set(selector.paths)
         self.stats = new_stats()
+        self.drops = dict.fromkeys(DROP_REASONS, 0)  # a file exporter never drops: it writes or errs
         self.writer: RotatingWriter | None = None
         if file_path == "stdout":
             self._out = _Counting(sys.stdout.buffer)
@@ -370,23 +395,52 @@ class FileFlowExport:
 # -- HTTP exporters: shared machinery --------------------------------------------------------------
 
 
+def spool_dir_name(name: str) -> str:
+    """A directory name for an exporter's spool: the name itself when it is a safe file name,
+    else a slug of it plus a hash (two names never share a spool)."""
+    if _SAFE_NAME.fullmatch(name):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40].strip("._-") or "export"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
 class HttpFlowExport:
-    """Base of the HTTP exporters: bounded buffer, one background sender, retries.
+    """Base of the HTTP exporters: bounded buffering, an optional disk spool, one sender, retries.
 
     ``write`` selects rows and encodes one document per row (subclass ``encode``) in the caller's
-    thread, then appends them to the buffer; rows that do not fit (``max_buffer`` rows or
-    ``max_buffer_mb``) are counted ``dropped`` and a warning is logged at most once per
-    ``log_interval_s``. The sender thread posts a batch when ``batch_max`` rows (or
-    ``batch_max_mb``) are buffered or the oldest has waited ``flush_interval_s``. HTTP 429,
-    5xx and connection errors are retried with exponential backoff (``retry_backoff_s`` doubling
-    up to ``retry_backoff_max_s``, with jitter; a server's ``Retry-After`` in seconds is honoured
-    up to that cap) for as long as it takes: during an outage the
-    buffer fills and new rows are shed. 413 splits the batch; other 4xx count as ``errors``.
-    ``close`` sends what is buffered for up to ``close_timeout_s``; what is left is ``dropped``.
+    thread and queues them; it never waits for the network or the disk. Two ways to queue:
+
+    * **without a spool directory** the documents go to a memory buffer (``max_buffer`` rows,
+      ``max_buffer_mb``) that the sender posts from; an outage longer than the buffer holds
+      loses flows, and what is left at ``close`` (after ``close_timeout_s`` of trying) is lost;
+    * **with a spool directory** (``spool_dir``: ``state_dir/export-spool/<name>``) the buffer
+      is only the inbox of a mover thread that appends the documents to a
+      :class:`~flowtrail.sinks.spool.DiskSpool` (fsync'd, bounded by ``spool_max_mb``); the
+      sender posts from the spool and removes a batch once every row of it is resolved
+      (exported or refused). What is undelivered at ``close`` stays on disk and a new exporter
+      on the same directory sends it first (``stats["recovered"]``).
+
+    Either way, rows that do not fit are the newest: they are refused and counted ``dropped``
+    with a reason in ``drops`` (``buffer_full``: the memory buffer or the inbox; ``spool_full``:
+    the disk spool's cap; ``closed``: lost at close without a spool), and a warning is logged at
+    most once per ``log_interval_s``. Rows already queued are never discarded to make room, and
+    once a row has been refused for want of room every later one is until the sender frees
+    some, so the flows that reach the SIEM after an outage are its oldest ones, in order, then a
+    gap, then the flows from the recovery on.
+
+    The sender posts a batch when ``batch_max`` rows (or ``batch_max_mb``) are queued or the
+    oldest has waited ``flush_interval_s``, one batch at a time, in order. HTTP 408, 429, 5xx and
+    connection errors are retried with exponential backoff (``retry_backoff_s`` doubling up to
+    ``retry_backoff_max_s``, with jitter; a server's ``Retry-After`` in seconds is honoured up to
+    that cap) for as long as it takes. A subclass's ``handle`` reads per-row results (bulk
+    items, HEC's invalid event): only the rows it returns are sent again. 413 splits the batch;
+    other 4xx count as ``errors``. Delivery is at-least-once: a batch interrupted by ``close``
+    or a crash is sent again whole by the next exporter on the spool.
     """
 
     kind = "http"
     content_type = "application/json"
+    record_lines = 1  # lines per encoded row (an Elasticsearch bulk item is two)
 
     def __init__(
         self,
@@ -406,6 +460,8 @@ class HttpFlowExport:
         close_timeout_s: float = 10.0,
         tls_verify: bool | str = True,
         headers: Mapping[str, str] | None = None,
+        spool_dir: Path | None = None,
+        spool_max_mb: float = DEFAULT_SPOOL_MAX_MB,
         log_interval_s: float = 10.0,
     ) -> None:
         self.name = name
@@ -415,6 +471,8 @@ class HttpFlowExport:
         self.paths: set[str] = set(selector.paths)
         self.stats = new_stats()
         self.stats["retries"] = 0
+        self.stats["spool_bytes"] = 0
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
         self.batch_max = batch_max
         self.batch_max_bytes = int(batch_max_mb * MB)
         self.flush_interval_s = flush_interval_s
@@ -425,15 +483,30 @@ class HttpFlowExport:
         self.retry_backoff_max_s = retry_backoff_max_s
         self.close_timeout_s = close_timeout_s
         self.log_interval_s = log_interval_s
+        self.spool_dir = spool_dir
+        self._spool: Spool
+        if spool_dir is not None:
+            self._spool = DiskSpool(spool_dir, int(spool_max_mb * MB), record_lines=self.record_lines,
+                                    kind=self.kind, noun="flow")
+        else:
+            self._spool = MemorySpool(self.max_buffer_bytes)
         self.session = requests.Session()
         self.session.verify = tls_verify
         self.session.headers.update({"Content-Type": self.content_type, "User-Agent": "flowtrail"})
         if headers:
             self.session.headers.update(headers)
-        self._buf: deque[bytes] = deque()
-        self._buf_bytes = 0
-        self._inflight = 0
-        self._first_at = 0.0
+        self.stats["recovered"] = self.stats["pending"] = self._spool.pending
+        # the disk spool's inbox: encoded rows the mover has not appended yet
+        self._inbox: deque[Block] = deque()
+        self._inbox_rows = 0
+        self._inbox_bytes = 0
+        self._inbox_in = 0  # rows ever put in the inbox / taken out by the mover (persist() waits on these)
+        self._inbox_out = 0
+        self._oldest_at = 0.0  # when the oldest queued row arrived (recovered rows: long ago)
+        self._unresolved = 0  # rows of the batch in flight not yet counted exported or errors
+        # set when a row did not fit; until delivery frees room every later row is refused too, so
+        # a smaller row cannot slip in after a dropped one: the queue is an unbroken run of rows
+        self._full = False
         self._flush_now = False
         self._closing = False
         self._closed = False
@@ -441,17 +514,21 @@ class HttpFlowExport:
         self._cond = threading.Condition()
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
-        self._thread = threading.Thread(target=self._run, name=f"export:{name}", daemon=True)
-        self._thread.start()
+        self._refresh_spool_stat()
+        self._threads = [threading.Thread(target=self._run, name=f"export:{name}", daemon=True)]
+        if spool_dir is not None:
+            self._threads.append(threading.Thread(target=self._move, name=f"export-spool:{name}", daemon=True))
+        for t in self._threads:
+            t.start()
 
     # subclass hooks -----------------------------------------------------------------------------
 
     def encode(self, table: pa.Table | None, rows: Rows, idx: np.ndarray) -> list[bytes]:
-        """One request-body fragment per selected row."""
+        """One request-body fragment per selected row, of ``record_lines`` newline-terminated lines."""
         raise NotImplementedError
 
-    def handle(self, resp: requests.Response, batch: list[bytes]) -> tuple[int, int, list[bytes]] | None:
-        """(exported, errors, to retry) for a response the subclass understands, else None."""
+    def handle(self, resp: requests.Response, batch: Block) -> tuple[int, int, Block] | None:
+        """(exported, errors, rows to send again) for a response the subclass understands, else None."""
         return None
 
     def post(self, body: bytes) -> requests.Response:
@@ -459,56 +536,97 @@ class HttpFlowExport:
 
     # FlowExport ---------------------------------------------------------------------------------
 
+    @property
+    def on_disk(self) -> bool:
+        return self.spool_dir is not None
+
+    def _queued(self) -> int:
+        """Rows held in memory, the bound ``max_buffer`` applies to (call with ``_cond`` held)."""
+        return self._inbox_rows if self.on_disk else self._spool.pending
+
+    def _refusing(self) -> bool:
+        """A row was refused for want of room and the sender has not freed any since."""
+        self._full = self._full and self._spool.pending > 0  # an empty queue has room again
+        return self._full
+
     def write(self, table: pa.Table | None, rows: Rows) -> None:
         if self._closing:
             raise ValueError(f"export {self.name!r} is closed")
         with self._cond:
             idx = self.selector.select(table, len(rows), self.stats)
+            if self._refusing():
+                room, reason = 0, "spool_full" if self.on_disk else "buffer_full"
+            else:
+                room, reason = self.max_buffer - self._queued(), "buffer_full"
         if not len(idx):
             return
-        try:
-            docs = self.encode(table, rows, idx)
-        except (ValueError, KeyError, pa.ArrowException) as exc:
-            with self._cond:
-                self.stats["errors"] += len(idx)
-                self._warn("encode", f"could not encode rows ({exc}): {{n}} rows not exported", len(idx))
-            return
+        # rows that cannot be queued are shed before they are encoded: during an outage encoding
+        # rows only to drop them would cost the pipeline for nothing
+        keep = idx[: max(room, 0)]
+        refused = len(idx) - len(keep)
+        block = EMPTY_BLOCK
+        if len(keep):
+            try:
+                block = Block.from_records(self.encode(table, rows, keep))
+            except (ValueError, KeyError, pa.ArrowException) as exc:
+                with self._cond:
+                    self.stats["errors"] += len(keep)
+                    self._warn("encode", f"could not encode rows ({exc}): {{n}} rows not exported", len(keep))
         with self._cond:
-            room = self.max_buffer - len(self._buf) - self._inflight
-            accepted = 0
-            size = 0
-            for doc in docs[: max(room, 0)]:
-                if self._buf_bytes + size + len(doc) > self.max_buffer_bytes:
-                    break
-                size += len(doc)
-                accepted += 1
+            empty = self._queued() == 0 and (not self.on_disk or self._spool.pending == 0)
+            if not len(block):
+                accepted = 0
+            elif self.on_disk:
+                accepted = block.fit(self.max_buffer - self._inbox_rows, self.max_buffer_bytes - self._inbox_bytes)
+                if accepted:
+                    part = block.slice(0, accepted)
+                    self._inbox.append(part)
+                    self._inbox_rows += accepted
+                    self._inbox_bytes += part.nbytes
+                    self._inbox_in += accepted
+            elif self._refusing():
+                accepted = 0
+            else:
+                accepted = self._spool.append_block(block)  # bounded by max_buffer_mb
+                self._full = accepted < len(block)
             if accepted:
-                if not self._buf:
-                    self._first_at = time.monotonic()
-                self._buf.extend(docs[:accepted])
-                self._buf_bytes += size
+                if empty:
+                    self._oldest_at = time.monotonic()
                 self.stats["pending"] += accepted
                 self._cond.notify_all()
-            shed = len(docs) - accepted
-            if shed:
-                self.stats["dropped"] += shed
-                self._warn("dropped", f"buffer full ({len(self._buf)} rows, {self._buf_bytes} bytes): "
-                           "dropped {n} rows", shed)
+            if refused:
+                self._drop(reason, refused, False)
+            if len(block) > accepted:
+                self._drop("buffer_full", len(block) - accepted, False)
 
     def flush(self) -> None:
-        """Ask the sender to post what is buffered now; does not wait (see :meth:`drain`)."""
+        """Ask the sender to post what is queued now; does not wait (see :meth:`drain`)."""
         with self._cond:
-            if self._buf:
+            if self._inbox_rows or self._spool.pending:
                 self._flush_now = True
                 self._cond.notify_all()
 
+    def persist(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every row written so far is in the disk spool (fsync'd) or dropped by its
+        cap: the monitor calls this before it saves the input offsets those rows came from, so a
+        crash loses none. True at once without a disk spool; False on timeout (a disk error)."""
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._inbox_in
+            while self._inbox_out < target and not self._closed:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
     def drain(self, timeout: float | None = None) -> bool:
-        """Flush and wait until nothing is buffered or in flight; False on timeout."""
+        """Flush and wait until nothing is queued, spooled or in flight; False on timeout."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._flush_now = bool(self._buf)
+            self._flush_now = True
             self._cond.notify_all()
-            while self._buf or self._inflight:
+            while self._inbox_rows or self._spool.pending:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -517,112 +635,201 @@ class HttpFlowExport:
 
     def close(self) -> None:
         with self._cond:
-            if self._closed:
+            if self._closing:
                 return
             self._closing = True
             self._deadline = time.monotonic() + self.close_timeout_s
             self._cond.notify_all()
-        self._thread.join(self.close_timeout_s + self.timeout_s + 1)
+        for t in reversed(self._threads):  # the mover first: what it moves, the sender may still send
+            t.join(self.close_timeout_s + self.timeout_s + 1)
         with self._cond:
             self._closed = True
-            left = len(self._buf) + self._inflight
-            if left:
-                self.stats["dropped"] += left
-                self.stats["pending"] -= left
-                log.warning("export %s: closed with %d rows undelivered (counted as dropped)", self.name, left)
-            self._buf.clear()
-            self._buf_bytes = 0
-            self._inflight = 0
+            # without a spool: every row not exported or refused yet (part of a batch in flight
+            # may be); with one: what the mover could not write (a disk error)
+            lost = self._inbox_rows if self.on_disk else self.stats["pending"]
+            if lost:
+                self.stats["dropped"] += lost
+                self.drops["closed"] += lost
+                self.stats["pending"] -= lost
+                log.warning("export %s: closed with %d rows undelivered (counted as dropped)", self.name, lost)
+            if self.on_disk and self._spool.pending:
+                log.warning("export %s: closed with %d rows (%d bytes) undelivered; they stay in %s for the "
+                            "next start", self.name, self._spool.pending, self._spool.pending_bytes, self.spool_dir)
+            self._inbox.clear()
+            self._inbox_rows = self._inbox_bytes = 0
             self._flush_warnings()
+        self._spool.close()
         self.session.close()
 
-    # sender -------------------------------------------------------------------------------------
+    # the mover: inbox -> disk spool ---------------------------------------------------------------
+
+    def _move(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._inbox:
+                    if self._closing:
+                        return
+                    self._cond.wait()
+                blocks = list(self._inbox)
+            block = Block.concat(blocks)
+            good = self._well_formed(block)
+            try:
+                with self._cond:
+                    refusing = self._refusing()
+                accepted = 0 if refusing else self._spool.append_block(good)
+            except (OSError, SpoolError) as exc:
+                # keep them in the inbox (bounded: new rows are shed meanwhile) and try again
+                failures += 1
+                with self._cond:
+                    self._warn("spool-io", f"cannot write the spool {self.spool_dir}: {exc} ({{n}} failures)", 1)
+                    if self._closing:
+                        return  # close() counts the inbox as dropped
+                    self._cond.wait(self._backoff_delay(failures))
+                continue
+            failures = 0
+            with self._cond:
+                for _ in blocks:
+                    self._inbox.popleft()
+                self._inbox_rows -= len(block)
+                self._inbox_bytes -= block.nbytes
+                self._inbox_out += len(block)
+                if len(good) < len(block):
+                    bad = len(block) - len(good)
+                    self.stats["errors"] += bad
+                    self.stats["pending"] -= bad
+                    self._warn("malformed", "the encoder made malformed rows: {n} rows not exported", bad)
+                if accepted < len(good):
+                    self._full = True
+                    self._drop("spool_full", len(good) - accepted, True)
+                self._refresh_spool_stat()
+                self._cond.notify_all()
+
+    def _well_formed(self, block: Block) -> Block:
+        """The block without records that are not ``record_lines`` whole lines (an encoder bug):
+        one would shift every record after it in the spool."""
+        if np.array_equal(record_ends(block.data, self.record_lines), block.ends):
+            return block
+        records = block.records()
+        return block.take([i for i, r in enumerate(records)
+                           if r.count(b"\n") == self.record_lines and r.endswith(b"\n")])
+
+    # the sender ---------------------------------------------------------------------------------
 
     def _due(self) -> bool:
-        if not self._buf:
+        pending = self._spool.pending
+        if not pending:
             return False
-        return (self._closing or self._flush_now or len(self._buf) >= self.batch_max
-                or self._buf_bytes >= self.batch_max_bytes
-                or time.monotonic() >= self._first_at + self.flush_interval_s)
+        return (self._closing or self._flush_now or pending >= self.batch_max
+                or self._spool.pending_bytes >= self.batch_max_bytes
+                or time.monotonic() >= self._oldest_at + self.flush_interval_s)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._due():
-                    if self._closing and not self._buf:
+                    if self._closed:
                         return
-                    wait = self._first_at + self.flush_interval_s - time.monotonic() if self._buf else None
-                    self._cond.wait(wait)
-                batch: list[bytes] = []
-                size = 0
-                while self._buf and len(batch) < self.batch_max:
-                    doc = self._buf[0]
-                    if batch and size + len(doc) > self.batch_max_bytes:
-                        break
-                    batch.append(self._buf.popleft())
-                    size += len(doc)
-                self._buf_bytes -= size
-                self._inflight += len(batch)
-                if not self._buf:
-                    self._flush_now = False
-                else:
-                    self._first_at = time.monotonic()
-            try:
-                self._deliver(batch)
-            except Exception as exc:  # a bug must not kill the sender silently
-                log.exception("export %s: sender failed", self.name)
-                self._account(0, self._inflight, 0, f"sender failed: {exc}")
+                    now = time.monotonic()
+                    if self._closing and (now >= self._deadline or not (self._inbox_rows or self._spool.pending)):
+                        return
+                    until = self._oldest_at + self.flush_interval_s if self._spool.pending else None
+                    if self._closing:
+                        until = self._deadline if until is None else min(until, self._deadline)
+                    self._cond.wait(None if until is None else until - now)
+                if self._closed or (self._closing and time.monotonic() >= self._deadline):
+                    return
+            batch = self._spool.peek_block(self.batch_max, self.batch_max_bytes)
             with self._cond:
+                if not len(batch):
+                    # rows counted but unreadable (segment files removed behind our back): do not spin
+                    self._warn("spool-read", f"spool {self.spool_dir}: {{n}} reads found no rows", 1)
+                    self._cond.wait(max(0.0, min(self.retry_backoff_max_s, self._deadline - time.monotonic())))
+                    continue
+                if self._spool.pending > len(batch):
+                    self._oldest_at = time.monotonic()
+                else:
+                    self._flush_now = False
+                self._unresolved = len(batch)
+            try:
+                done = self._deliver(batch)
+            except Exception as exc:  # a bug must not kill the sender, nor make it resend a batch forever
+                log.exception("export %s: sender failed", self.name)
+                with self._cond:
+                    self._account(0, self._unresolved, 0, f"sender failed: {exc}")
+                done = True
+            self._spool.ack(len(batch) if done else 0)
+            with self._cond:
+                if done:
+                    self._full = False
+                self._refresh_spool_stat()
                 self._cond.notify_all()
-                if self._closing and time.monotonic() >= self._deadline:
-                    return  # close() counts what is left (buffered or in flight) as dropped
+            if not done:
+                return  # closing and out of time: the rest stays spooled (or is counted at close)
 
     def _account(self, ok: int, bad: int, nbytes: int, reason: str | None = None) -> None:
-        with self._cond:
-            self.stats["exported"] += ok
-            self.stats["errors"] += bad
-            self.stats["pending"] -= ok + bad
-            self.stats["bytes"] += nbytes
-            self._inflight -= ok + bad
-            if bad and reason:
-                self._warn("errors", f"{reason}: {{n}} rows not exported", bad)
+        """Count rows of the batch in flight as exported / errors (call with ``_cond`` held)."""
+        if self._closed:
+            return  # a sender that outlived close(): close() has counted what was left
+        self.stats["exported"] += ok
+        self.stats["errors"] += bad
+        self.stats["pending"] -= ok + bad
+        self.stats["bytes"] += nbytes
+        self._unresolved -= ok + bad
+        if bad and reason:
+            self._warn("errors", f"{reason}: {{n}} rows not exported", bad)
 
-    def _deliver(self, batch: list[bytes]) -> None:
+    def _drop(self, reason: str, n: int, was_pending: bool) -> None:
+        """Count ``n`` rows dropped for ``reason`` (call with ``_cond`` held)."""
+        self.stats["dropped"] += n
+        self.drops[reason] += n
+        if was_pending:
+            self.stats["pending"] -= n
+        if reason == "spool_full":
+            what = f"spool full ({self._spool.pending_bytes} bytes in {self.spool_dir})"
+        else:
+            what = f"buffer full ({self._queued()} rows in memory)"
+        self._warn(f"dropped-{reason}", f"{what}: dropped {{n}} rows", n)
+
+    def _refresh_spool_stat(self) -> None:
+        self.stats["spool_bytes"] = self._spool.pending_bytes if self.on_disk else 0
+
+    def _deliver(self, batch: Block) -> bool:
+        """Send ``batch`` until every row is exported or refused (True), or until ``close`` runs
+        out of time (False: the batch stays spooled)."""
         attempt = 0
-        while batch:
-            body = b"".join(batch)
+        while len(batch):
             status: int | None = None
             reason = ""
             resp: requests.Response | None = None
             try:
-                resp = self.post(body)
+                resp = self.post(batch.data)
                 status = resp.status_code
             except requests.RequestException as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            if resp is not None:
+            if resp is not None and status is not None:
                 handled = self.handle(resp, batch)
                 if handled is not None:
                     ok, bad, retry = handled
-                    sent = len(body) - sum(len(d) for d in retry)
-                    self._account(ok, bad, sent, f"{self.kind} refused rows (HTTP {status})")
-                    if not retry:
-                        return
+                    with self._cond:
+                        self._account(ok, bad, batch.nbytes - retry.nbytes, f"{self.kind} refused rows (HTTP {status})")
+                    if not len(retry):
+                        return True
                     batch, reason = retry, f"HTTP {status}, {len(retry)} rows to retry"
-                elif status is not None and 200 <= status < 300:
-                    self._account(len(batch), 0, len(body))
-                    return
+                elif 200 <= status < 300:
+                    with self._cond:
+                        self._account(len(batch), 0, batch.nbytes)
+                    return True
                 elif status == 413 and len(batch) > 1:
                     half = len(batch) // 2
-                    self._deliver(batch[:half])
-                    self._deliver(batch[half:])
-                    return
-                elif status is not None and status != 429 and status < 500:
-                    self._account(0, len(batch), 0, f"HTTP {status} {_snippet(resp)}")
-                    return
+                    return self._deliver(batch.slice(0, half)) and self._deliver(batch.slice(half, len(batch)))
+                elif status not in RETRY_STATUS and status < 500:
+                    with self._cond:
+                        self._account(0, len(batch), 0, f"HTTP {status} {_snippet(resp)}")
+                    return True
                 else:
                     reason = f"HTTP {status} {_snippet(resp)}"
-            # retryable: back off, unless closing and out of time
-            delay = min(self.retry_backoff_max_s, self.retry_backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+            delay = self._backoff_delay(attempt + 1)
             if resp is not None and resp.headers.get("Retry-After", "").strip().isdigit():
                 delay = max(delay, min(float(resp.headers["Retry-After"]), self.retry_backoff_max_s))
             attempt += 1
@@ -633,10 +840,16 @@ class HttpFlowExport:
                 while True:
                     now = time.monotonic()
                     if self._closing and now >= self._deadline:
-                        return  # close() counts what is still in flight as dropped
+                        return False
                     if now >= until:
                         break
                     self._cond.wait(min(until, self._deadline) - now)
+        return True
+
+    def _backoff_delay(self, failures: int) -> float:
+        # jitter: exporters that failed together do not retry together
+        base = min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** min(failures - 1, 30))
+        return base * random.uniform(0.5, 1.0)
 
     def _warn(self, key: str, template: str, n: int) -> None:
         """Log at most once per ``log_interval_s`` per key; counts in between are summed into the
@@ -720,15 +933,18 @@ def common_options(entry: Mapping[str, Any], clock: Callable[[], float] = time.m
 
 def http_options(entry: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("batch_max", "batch_max_mb", "flush_interval_s", "max_buffer", "max_buffer_mb", "timeout_s",
-            "retry_backoff_s", "retry_backoff_max_s", "close_timeout_s", "tls_verify", "headers")
+            "retry_backoff_s", "retry_backoff_max_s", "close_timeout_s", "tls_verify", "headers", "spool_max_mb")
     return {k: entry[k] for k in keys if k in entry}
 
 
-def build_flow_export(entry: Mapping[str, Any], clock: Callable[[], float] = time.monotonic) -> FlowExport:
-    """One exporter from one validated config entry."""
+def build_flow_export(entry: Mapping[str, Any], clock: Callable[[], float] = time.monotonic,
+                      spool_root: Path | None = None) -> FlowExport:
+    """One exporter from one validated config entry; HTTP exporters spool under
+    ``spool_root/<name>`` unless the entry says ``spool: false``."""
     kind = entry.get("type", "file")
     name = entry["name"]
     selector, mask = common_options(entry, clock)
+    spool_dir = spool_root / spool_dir_name(name) if spool_root is not None and entry.get("spool", True) else None
     if kind == "file":
         return FileFlowExport(
             name, entry["filePath"], selector, mask,
@@ -739,19 +955,21 @@ def build_flow_export(entry: Mapping[str, Any], clock: Callable[[], float] = tim
     if kind in ("elasticsearch", "opensearch"):
         from flowtrail.sinks.elastic import ElasticFlowExport
 
-        return ElasticFlowExport.from_entry(entry, selector, mask)
+        return ElasticFlowExport.from_entry(entry, selector, mask, spool_dir)
     if kind == "splunk-hec":
         from flowtrail.sinks.splunk import SplunkHecFlowExport
 
-        return SplunkHecFlowExport.from_entry(entry, selector, mask)
+        return SplunkHecFlowExport.from_entry(entry, selector, mask, spool_dir)
     raise ExportConfigError(f"unknown export type {kind!r}")
 
 
-def build_flow_exports(config: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None) -> list[FlowExport]:
+def build_flow_exports(config: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None,
+                       spool_root: Path | None = None) -> list[FlowExport]:
     """Exporters for a list of entries (or a Cilium ``flowlogs.yaml`` dict with ``flowLogs``).
 
     Every entry is validated first (names and file paths unique, as Hubble requires), so a bad
-    config builds nothing; errors name the entry."""
+    config builds nothing; errors name the entry. ``spool_root`` (the monitor passes
+    ``state_dir/export-spool``) holds one disk spool per HTTP exporter; None: memory buffers."""
     if config is None:
         return []
     if isinstance(config, Mapping):
@@ -783,8 +1001,8 @@ def build_flow_exports(config: Sequence[Mapping[str, Any]] | Mapping[str, Any] |
     try:
         for i, entry in enumerate(config):
             try:
-                built.append(build_flow_export(entry))
-            except (ExportConfigError, OSError, ValueError) as exc:
+                built.append(build_flow_export(entry, spool_root=spool_root))
+            except (ExportConfigError, OSError, ValueError, SpoolError) as exc:
                 raise ExportConfigError(f"export[{i}] ({entry['name']}): {exc}") from exc
     except ExportConfigError:
         for b in built:
@@ -794,6 +1012,7 @@ def build_flow_exports(config: Sequence[Mapping[str, Any]] | Mapping[str, Any] |
 
 
 __all__ = [
+    "DROP_REASONS",
     "EXPORT_SCHEMA",
     "STAT_KEYS",
     "ExportConfigError",

@@ -25,13 +25,16 @@ when it has none), ``event`` the flow's Hubble JSON (field-masked when configure
 Responses: 2xx means every event of the request was accepted. A 400 naming an
 ``invalid-event-number`` N: HEC indexes the events before the bad one and stops there, so events
 before N count as exported, event N as an error and the rest are sent again. 429, 5xx (503 is
-"server busy") and connection errors are retried with backoff; 413 splits the batch; other 4xx
-(401 no token, 403 bad token, 400 other) count every row of the request as ``errors``.
+"server busy": HEC's queue is full or an indexer is down) and connection errors are retried
+with backoff, honouring ``Retry-After``; meanwhile rows wait in the memory buffer or the disk
+spool of :class:`~flowtrail.sinks.export.HttpFlowExport`. 413 splits the batch; other 4xx (401
+no token, 403 bad token, 400 other) count every row of the request as ``errors``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +44,7 @@ import requests
 
 from flowtrail.sinks.export import HttpFlowExport, Selector, envelope_times_ns, http_options
 from flowtrail.sinks.fieldmask import FieldMask
+from flowtrail.sinks.spool import Block
 from flowtrail.sources.decode import Rows
 
 EVENT_PATH = "/services/collector/event"
@@ -78,11 +82,12 @@ class SplunkHecFlowExport(HttpFlowExport):
         self._meta = orjson.dumps(meta)[1:-1]
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any], selector: Selector, mask: FieldMask) -> SplunkHecFlowExport:
+    def from_entry(cls, entry: Mapping[str, Any], selector: Selector, mask: FieldMask,
+                   spool_dir: Path | None = None) -> SplunkHecFlowExport:
         return cls(
             entry["name"], entry["url"], entry["token"], selector, mask,
             index=entry.get("index"), sourcetype=entry.get("sourcetype", DEFAULT_SOURCETYPE),
-            source=entry.get("source"), **http_options(entry),
+            source=entry.get("source"), spool_dir=spool_dir, **http_options(entry),
         )
 
     def encode(self, table: pa.Table | None, rows: Rows, idx: np.ndarray) -> list[bytes]:
@@ -106,7 +111,7 @@ class SplunkHecFlowExport(HttpFlowExport):
             out.append(head + host + meta + b',"event":' + (ev[:-1] if strip else ev) + b"}\n")
         return out
 
-    def handle(self, resp: requests.Response, batch: list[bytes]) -> tuple[int, int, list[bytes]] | None:
+    def handle(self, resp: requests.Response, batch: Block) -> tuple[int, int, Block] | None:
         if resp.status_code != 400:
             return None
         try:
@@ -118,4 +123,4 @@ class SplunkHecFlowExport(HttpFlowExport):
             return None
         with self._cond:
             self._warn("invalid-event", f"HEC refused an event: {body.get('text', '?')} ({{n}} in all)", 1)
-        return bad_at, 1, batch[bad_at + 1 :]
+        return bad_at, 1, batch.slice(bad_at + 1, len(batch))
