@@ -11,6 +11,7 @@ import http.server
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -244,3 +245,89 @@ def test_alertmanager_going_away_mid_run(tmp_path: Path, alertmanager: Alertmana
     d.close()
     assert {a["labels"]["alert_id"] for a in alertmanager.alerts()} == {a["id"] for a in alerts[4:9]}
     assert d.stats["sent"] == 9 and d.stats["failures"] >= 1
+
+
+# -- alerts re-sent while active (flowtrail run's repeat_interval) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A slow port scan and a kube-api incident, starting ten minutes ago: Alertmanager takes
+    endsAt from startsAt when that lies ahead, so flow times must be in the past to resolve."""
+    start = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(time.time() - 600))
+    path = tmp_path_factory.mktemp("live") / "capture.jsonl"
+    subprocess.run([sys.executable, "-m", "flowtrail.cli.main", "simulate", "-q", "--duration", "2m", "--seed", "7",
+                    "--start", start, "--rate", "10", "--scenario", "port-scan:rate=2,ports=40",
+                    "--scenario", "kube-api", "-o", str(path)], check=True)
+    return path
+
+
+def test_active_alert_stays_active_past_its_first_ends_at_quiet_ones_resolve(
+        tmp_path: Path, alertmanager: Alertmanager, live_capture: Path) -> None:
+    """`flowtrail run` following a growing capture, Alertmanager with resolve_after 2s and
+    repeat_interval 500ms: the kube-api alert, whose flows keep coming, is re-posted and still
+    active well after the endsAt of its first post; a port scan that ended before is never
+    re-posted and resolves; once its flows stop, the kube-api alert resolves too."""
+    from flowtrail.cli.run import build_monitor
+    from flowtrail.monitor import config as cfgmod
+    alertmanager.start()
+    lines = live_capture.read_bytes().splitlines(keepends=True)
+    batch = [json.loads(x) for x in subprocess.run(
+        [sys.executable, "-m", "flowtrail.cli.main", "detect", str(live_capture), "-o", "json"],
+        check=True, capture_output=True).stdout.splitlines()]
+    busy = next(a for a in batch if a["rule"] == "kube-api.unexpected-namespace")
+    quiet = min((a for a in batch if a["rule"] == "scan.port-scan"), key=lambda a: a["detected_at"])
+    times = [json.loads(x)["time"] for x in lines]
+    cut = next(i for i, t in enumerate(times) if t > max(busy["detected_at"], quiet["last_seen"]))
+    end = next(i for i, t in enumerate(times) if t >= busy["last_seen"])
+    assert end - cut > 200  # the busy alert gains flows long after both opened
+    live = tmp_path / "events.log"
+    live.write_bytes(b"".join(lines[:cut]))
+    cfg = cfgmod.validate({
+        "sources": [{"type": "file", "path": str(live), "poll_interval": "20ms"}],
+        "alerts": [{"type": "alertmanager", "url": alertmanager.url, "resolve_after": "2s",
+                    "repeat_interval": "500ms", "labels": {"copy": "repeated"}, **FAST},
+                   # the control: the same alerts posted once, as before repeat_interval existed
+                   {"type": "alertmanager", "name": "once", "url": alertmanager.url, "resolve_after": "2s",
+                    "repeat_interval": None, "labels": {"copy": "once"}, **FAST}]}, "test")
+    monitor, _ = build_monitor(cfg)
+    stop = threading.Event()
+    runner = threading.Thread(target=monitor.run, args=(stop,))
+    runner.start()
+
+    def active(copy: str = "repeated") -> dict[str, dict[str, Any]]:
+        return {a["labels"]["alert_id"]: a for a in alertmanager.alerts()
+                if a["status"]["state"] == "active" and a["labels"]["copy"] == copy}
+
+    try:
+        deadline = time.monotonic() + 15
+        while not ({busy["id"], quiet["id"]} <= set(active()) and busy["id"] in active("once")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first, first_once = active(), active("once")
+        assert {busy["id"], quiet["id"]} <= set(first)
+        first_end = ms(first[busy["id"]]["endsAt"])
+        assert first_end - time.time() * 1000 <= 2100  # the first post: now + resolve_after
+        # the busy alert's flows keep arriving for 4 s, twice its resolve_after
+        step = (end - cut) // 10 + 1
+        for i in range(cut, end, step):
+            time.sleep(0.4)
+            with open(live, "ab") as fh:
+                fh.write(b"".join(lines[i:min(i + step, end)]))
+        assert time.time() * 1000 > first_end + 1000
+        now = active()
+        assert busy["id"] in now, "an alert whose rule keeps matching was resolved"
+        assert ms(now[busy["id"]]["endsAt"]) > first_end + 1000
+        assert int(now[busy["id"]]["annotations"]["count"]) > int(first[busy["id"]]["annotations"]["count"])
+        assert ms(now[busy["id"]]["startsAt"]) == ms(busy["detected_at"])  # the same alert, updated
+        assert quiet["id"] not in now, "an alert that gained no flows for 4 s is still active"
+        assert busy["id"] in first_once and busy["id"] not in active("once")  # posted once: resolved
+        # once no more flows come, the busy alert stops being re-posted and resolves as well
+        deadline = time.monotonic() + 6
+        while busy["id"] in active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert busy["id"] not in active()
+        assert monitor.stats.alert_updates >= 4
+    finally:
+        stop.set()
+        runner.join(30)

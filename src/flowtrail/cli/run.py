@@ -89,40 +89,6 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
 
-    # -- sources
-    sources: list[Any] = []
-    for i, s in enumerate(cfg["sources"]):
-        if s["type"] == "file":
-            from flowtrail.sources.follow import FileFollower
-            state = state_dir / f"offset-{_slug(s['path'])}.json" if state_dir else None
-            sources.append(FileFollower(s["path"], state, start=s.get("start", "beginning"),
-                                        poll_interval_s=cfgmod.duration_s(s.get("poll_interval", "50ms"),
-                                                                          f"sources[{i}].poll_interval"),
-                                        until_eof=replay))
-        elif s["type"] == "stdin":
-            from flowtrail.sources.stdin import StdinSource
-            sources.append(StdinSource())
-        else:
-            from flowtrail.sources.relay import RelayOptions, RelaySource
-            opts = RelayOptions(address=s["address"], allow=s.get("allow", []), deny=s.get("deny", []),
-                                since=s.get("since"), tls=s.get("tls", False),
-                                tls_allow_insecure=s.get("tls_allow_insecure", False),
-                                tls_ca_cert_files=s.get("tls_ca_cert_files", []),
-                                tls_client_cert_file=s.get("tls_client_cert_file"),
-                                tls_client_key_file=s.get("tls_client_key_file"),
-                                tls_server_name=s.get("tls_server_name"))
-            from flowtrail.sources.relay import RelayError
-            state = state_dir / f"relay-{re.sub(r'[^A-Za-z0-9.-]+', '_', s['address'])}.json" if state_dir else None
-            try:
-                src = RelaySource(opts, state)
-            except RelayError as exc:
-                raise ConfigError(f"sources[{i}] (relay): {exc}") from None
-            if s.get("overload"):
-                src.overload = s["overload"]  # type: ignore[attr-defined]
-            sources.append(src)
-    if not sources:
-        raise ConfigError("no source: give --input-file, --relay or `sources:` in --config")
-
     # -- detection
     det = cfg["detect"]
     engine = None
@@ -150,6 +116,54 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
                             node_silence_ns=int(silence * 1e9) if silence > 0 else None)
         except RuleError as exc:
             raise ConfigError(str(exc)) from None
+
+    # -- detection state: restored before any source reads its position, which it may move back
+    checkpoints = None
+    if state_dir is not None:
+        from flowtrail.detect.state import STATE_FILE, Checkpoints
+        if engine is None:
+            # the positions move on without it: restoring it later would move them back to here
+            if (state_dir / STATE_FILE).exists():
+                log.info("detection is off: removing the saved detection state %s", state_dir / STATE_FILE)
+                (state_dir / STATE_FILE).unlink()
+        else:
+            checkpoints = Checkpoints(state_dir / STATE_FILE,
+                                      cfgmod.duration_s(det["checkpoint_interval"], "detect.checkpoint_interval"))
+            positions = [position_file(state_dir, s) for s in cfg["sources"]]
+            checkpoints.restore(engine, [p for p in positions if p is not None],
+                                resume_nodes=all(p is not None for p in positions))
+
+    # -- sources
+    sources: list[Any] = []
+    for i, s in enumerate(cfg["sources"]):
+        if s["type"] == "file":
+            from flowtrail.sources.follow import FileFollower
+            sources.append(FileFollower(s["path"], position_file(state_dir, s), start=s.get("start", "beginning"),
+                                        poll_interval_s=cfgmod.duration_s(s.get("poll_interval", "50ms"),
+                                                                          f"sources[{i}].poll_interval"),
+                                        until_eof=replay))
+        elif s["type"] == "stdin":
+            from flowtrail.sources.stdin import StdinSource
+            sources.append(StdinSource())
+        else:
+            from flowtrail.sources.relay import RelayOptions, RelaySource
+            opts = RelayOptions(address=s["address"], allow=s.get("allow", []), deny=s.get("deny", []),
+                                since=s.get("since"), tls=s.get("tls", False),
+                                tls_allow_insecure=s.get("tls_allow_insecure", False),
+                                tls_ca_cert_files=s.get("tls_ca_cert_files", []),
+                                tls_client_cert_file=s.get("tls_client_cert_file"),
+                                tls_client_key_file=s.get("tls_client_key_file"),
+                                tls_server_name=s.get("tls_server_name"))
+            from flowtrail.sources.relay import RelayError
+            try:
+                src = RelaySource(opts, position_file(state_dir, s))
+            except RelayError as exc:
+                raise ConfigError(f"sources[{i}] (relay): {exc}") from None
+            if s.get("overload"):
+                src.overload = s["overload"]  # type: ignore[attr-defined]
+            sources.append(src)
+    if not sources:
+        raise ConfigError("no source: give --input-file, --relay or `sources:` in --config")
 
     flt = cfg["filter"]
     flow_filter = None
@@ -191,7 +205,7 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
     alert_cfg = cfg["alerts"] or [{"type": "stdout", "format": "json"}]
     try:
         alert_outputs = build_alert_sinks(alert_cfg, state_dir / "spool" if state_dir else None)
-        flow_outputs = build_flow_exports(cfg["export"])
+        flow_outputs = build_flow_exports(cfg["export"], state_dir / "export-spool" if state_dir else None)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -204,7 +218,7 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
                               decode_workers=_workers(p["decode_workers"]))
     monitor = Monitor(sources, engine, alert_outputs=alert_outputs, flow_outputs=flow_outputs,
                       flow_filter=flow_filter, enricher=enricher, hubble_metrics=hubble, own_metrics=own,
-                      options=options)
+                      options=options, checkpoints=checkpoints)
     if enricher is not None and k8s.get("watch"):
         from flowtrail.enrich.k8swatch import WatchConfigError
         try:
@@ -217,6 +231,17 @@ def build_monitor(cfg: dict[str, Any], *, replay: bool = False) -> tuple[Any, An
         from flowtrail.metrics.http import MetricsServer
         server = MetricsServer(cfg["metrics"]["listen"], registry, monitor.health, monitor.ready)
     return monitor, server
+
+
+def position_file(state_dir: Path | None, source: dict[str, Any]) -> Path | None:
+    """Where a source keeps its position in `state_dir` (None: stdin, or no state directory)."""
+    if state_dir is None:
+        return None
+    if source["type"] == "file":
+        return state_dir / f"offset-{_slug(source['path'])}.json"
+    if source["type"] == "relay":
+        return state_dir / f"relay-{re.sub(r'[^A-Za-z0-9.-]+', '_', source['address'])}.json"
+    return None
 
 
 def _workers(value: int | str) -> int:
@@ -258,7 +283,8 @@ def _slug(path: str) -> str:
 @click.option("--kubeconfig", default=None, metavar="FILE", help="Enrich flows by watching the Kubernetes API.")
 @click.option("--cluster-name", default=None, help="Cluster name written into enriched endpoints (cluster_name).")
 @click.option("--in-cluster", is_flag=True, default=False, help="Watch the Kubernetes API with the pod's service account.")
-@click.option("--state-dir", default=None, metavar="DIR", help="Persist file offsets and alert spools here.")
+@click.option("--state-dir", default=None, metavar="DIR",
+              help="Persist file offsets, relay positions, alert and flow-export spools and detection state here.")
 @click.option("--start", type=click.Choice(["beginning", "end"]), default=None,
               help="Where to start following a file with no saved offset (default: beginning).")
 @click.option("--min-severity", type=click.Choice(["info", "low", "medium", "high", "critical"]), default=None)
@@ -301,7 +327,7 @@ def run_cmd(config_path: str | None, print_default_config: bool, once: bool, **f
     st = monitor.stats
     log.info("monitor stopped", extra={"lines": st.lines, "flows": st.flows, "alerts": st.alerts,
                                         "decode_errors": st.decode_errors, "shed_lines": st.shed_lines,
-                                        "lost_events": st.lost_events})
+                                        "lost_events": st.lost_events, "alert_updates": st.alert_updates})
     if monitor.failed:
         log.error("exiting with an error: %s", "; ".join(monitor.failed))
         sys.exit(1)

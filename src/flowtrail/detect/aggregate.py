@@ -25,6 +25,16 @@ import numpy as np
 from flowtrail.detect.alerts import EVIDENCE_LIMIT, Alert, entity_of
 from flowtrail.detect.baseline import MINUTE_NS, Baseline
 from flowtrail.detect.rules import Rule
+from flowtrail.detect.state import (
+    alert_state,
+    alerts_from_state,
+    need,
+    opt_int,
+    pack_arrays,
+    pack_maps,
+    unpack_arrays,
+    unpack_maps,
+)
 
 HOUR_NS = 60 * MINUTE_NS
 
@@ -58,6 +68,14 @@ class Aggregator:
         """What the alert opened at row `at` of the last group records about the aggregate."""
         return {"events_in_window": int(self.values[at]), "threshold": getattr(self, "threshold", 0)}
 
+    def dump(self) -> dict[str, Any]:
+        """The window state carried from batch to batch, for detect/state.py (JSON with numpy arrays)."""
+        return {}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        """Take over a dump() of an aggregator of the same rule definition (StateError if malformed);
+        called on a fresh aggregator, so a failure leaves the running one untouched."""
+
 
 class Match(Aggregator):
     def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
@@ -90,6 +108,13 @@ class EventCount(Aggregator):
         for k in old:
             del self.tails[k]
         return len(old)
+
+    def dump(self) -> dict[str, Any]:
+        return {"tails": pack_arrays(self.tails)}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        # taken as saved, in the order the engine kept them (flows slightly out of order included)
+        self.tails = unpack_arrays(doc.get("tails"), "tails")
 
 
 class ValueCount(Aggregator):
@@ -136,6 +161,16 @@ class ValueCount(Aggregator):
         for k in old:
             del self.seen[k]
         return len(old)
+
+    def dump(self) -> dict[str, Any]:
+        # the recency order is the state: pack_maps keeps each OrderedDict's order
+        return {"seen": pack_maps(self.seen)}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        seen = unpack_maps(doc.get("seen"), "seen", scalar=True)
+        self.seen = {k: OrderedDict(pairs) for k, pairs in seen.items()}
+        for k, pairs in seen.items():
+            need(len(self.seen[k]) == len(pairs), f"seen[{k!r}]: repeated value")
 
 
 class RateSpike(Aggregator):
@@ -196,6 +231,14 @@ class RateSpike(Aggregator):
             del self.recent[k]
             self.buckets.pop(k, None)
         return len(old)
+
+    def dump(self) -> dict[str, Any]:
+        return {"start": self.start, "recent": pack_arrays(self.recent), "buckets": pack_maps(self.buckets)}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        self.start = opt_int(doc, "start", "rate_spike")
+        self.recent = {k: deque(t.tolist()) for k, t in unpack_arrays(doc.get("recent"), "recent").items()}
+        self.buckets = {k: dict(pairs) for k, pairs in unpack_maps(doc.get("buckets"), "buckets").items()}
 
 
 class BaselineRate(Aggregator):
@@ -261,6 +304,14 @@ class BaselineRate(Aggregator):
             del self.tails[k]
             self.limits.pop(k, None)
         return len(old)
+
+    def dump(self) -> dict[str, Any]:
+        # the hourly limits are derived from the baseline file, which may have been relearned
+        return {"tails": pack_arrays(self.tails)}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        # taken as saved, in the order the engine kept them (flows slightly out of order included)
+        self.tails = unpack_arrays(doc.get("tails"), "tails")
 
     def details(self, at: int) -> dict[str, Any]:
         h = int(self.hours[at])
@@ -351,3 +402,15 @@ class Alerts:
 
     def all(self) -> list[Alert]:
         return [*self.done, *self.open.values()]
+
+    def dump(self) -> dict[str, Any]:
+        return {"open": [alert_state(a) for a in self.open.values()], "done": [alert_state(a) for a in self.done]}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        """Take over a dump() (on a fresh instance; StateError if malformed or of another rule)."""
+        opened = alerts_from_state(doc.get("open"), "open")
+        done = alerts_from_state(doc.get("done", []), "done")
+        need(all(a.rule == self.rule.id for a in (*opened, *done)), "alerts of another rule")
+        self.open = {a.group: a for a in opened}
+        need(len(self.open) == len(opened), "two open alerts for one group")
+        self.done = done

@@ -21,6 +21,15 @@ from flowtrail.detect.alerts import Alert, iso_ns
 from flowtrail.detect.conditions import MaskFn, compile_where, needs_baseline, needs_policy
 from flowtrail.detect.features import FEATURE_PATHS, Enrichment, build
 from flowtrail.detect.rules import Rule, RuleError
+from flowtrail.detect.state import (
+    StateError,
+    alert_from_state,
+    alert_state,
+    member,
+    need,
+    opt_int,
+    rule_digest,
+)
 from flowtrail.filters import FilterSet
 from flowtrail.model.timeutil import format_ns
 
@@ -71,6 +80,7 @@ class CompiledRule:
     needles: tuple[str, ...] | None  # RE2 fragments; None: every line may matter
     columns: list[str] = field(default_factory=list)  # features the rule's aggregation reads
     matched: int = 0
+    digest: str = ""  # detect/state.py rule_digest: the key of its saved state
 
 
 @dataclass
@@ -139,7 +149,7 @@ class Engine:
             if "field" in r.aggregate:
                 cols.add(r.aggregate["field"])
             self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r, baseline), Alerts(r),
-                                           needles, sorted(cols)))
+                                           needles, sorted(cols), digest=rule_digest(r)))
         paths = set(FEATURE_PATHS)
         if policy is not None:
             from flowtrail.policy.replay import REPLAY_PATHS
@@ -358,6 +368,99 @@ class Engine:
                         "Hubble status (cilium status; hubble observe --node NAME) and the exporter/relay path.",
             count=1, details={"node": node, "silent_since": iso_ns(since), "threshold_s": self.node_silence_ns / 1e9})
         self.gap_alerts.append(a)
+
+    # ------------------------------------------------------------------ state across restarts
+    def dump_state(self) -> dict[str, Any]:
+        """What process() carries between batches, as detect/state.py saves it."""
+        lost = self.lost_alerts[-1] if self.lost_alerts else None
+        doc: dict[str, Any] = {
+            "engine": {"t0": self.t0, "t_max": self.t_max, "evicted_at": self._evicted_at,
+                       "node_last": self.node_last,
+                       "node_alerted": [[n, t] for n, t in self.node_alerted],
+                       "lost_alert": alert_state(lost) if lost is not None else None,
+                       "gap_alerts": [alert_state(a) for a in self.gap_alerts]},
+            "rules": [{"id": cr.rule.id, "digest": cr.digest, "function": cr.rule.aggregate["function"],
+                       "agg": cr.agg.dump(), **cr.alerts.dump()} for cr in self.rules],
+        }
+        names = getattr(self.policy, "dns_names", None)
+        if isinstance(names, dict):
+            doc["policy_dns"] = {ip: sorted(ns) for ip, ns in names.items()}
+        return doc
+
+    def load_state(self, doc: dict[str, Any], *, resume_nodes: bool = True) -> tuple[int | None, list[str]]:
+        """Take over a dump_state() document: (rules restored, ids of saved rules dropped because
+        they are gone or their definition changed). Restored is None, and nothing is taken over,
+        when no saved rule matches one of this engine (another rule set). All or nothing:
+        StateError (nothing changed) when the document is malformed.
+
+        `resume_nodes`: take over when each node last sent flows; only right when the input
+        resumes where the state left off (file offsets, relay positions), not from a pipe whose
+        flows during the downtime are gone, which would read as every node falling silent."""
+        eng = member(doc, "engine", dict, "state")
+        saved = member(doc, "rules", list, "state")
+        mine = {(cr.rule.id, cr.digest): cr for cr in self.rules}
+        staged: list[tuple[CompiledRule, Aggregator, Alerts]] = []
+        dropped: list[str] = []
+        for i, r in enumerate(saved):
+            what = f"rules[{i}]"
+            rid = member(r, "id", str, what)
+            cr = mine.pop((rid, member(r, "digest", str, what)), None)
+            if cr is None:
+                dropped.append(rid)
+                continue
+            agg = make_aggregator(cr.rule, self.baseline)
+            alerts = Alerts(cr.rule)
+            try:
+                agg.load(member(r, "agg", dict, what))
+                alerts.load(r)
+            except StateError as exc:
+                raise StateError(f"{what} ({rid}): {exc}") from None
+            staged.append((cr, agg, alerts))
+        if saved and not staged:
+            return None, dropped
+        t0, t_max = opt_int(eng, "t0", "engine"), opt_int(eng, "t_max", "engine")
+        evicted_at = opt_int(eng, "evicted_at", "engine") or 0
+        node_last = member(eng, "node_last", dict, "engine")
+        need(all(isinstance(t, int) and not isinstance(t, bool) for t in node_last.values()),
+             "engine.node_last: not {node: time}")
+        pairs = member(eng, "node_alerted", list, "engine")
+        need(all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], int)
+                 for p in pairs), "engine.node_alerted: not [node, time] pairs")
+        lost_doc = eng.get("lost_alert")
+        lost = [alert_from_state(lost_doc, "engine.lost_alert")] if lost_doc is not None else []
+        gaps = [alert_from_state(a, f"engine.gap_alerts[{i}]") for i, a in enumerate(eng.get("gap_alerts", []))]
+        dns = doc.get("policy_dns")
+        need(dns is None or (isinstance(dns, dict) and all(
+            isinstance(v, list) and all(isinstance(n, str) for n in v) for v in dns.values())),
+            "policy_dns: not {address: [names]}")
+        # everything checked: take it over
+        for cr, agg, alerts in staged:
+            cr.agg, cr.alerts = agg, alerts
+        self.t0, self.t_max, self._evicted_at = t0, t_max, evicted_at
+        if resume_nodes:
+            self.node_last = node_last
+        self.node_alerted = {(n, t) for n, t in pairs}
+        self.lost_alerts, self.gap_alerts = lost, gaps
+        names = getattr(self.policy, "dns_names", None)
+        if dns and isinstance(names, dict):
+            for ip, ns in dns.items():
+                names.setdefault(ip, set()).update(ns)
+        return len(staged), dropped
+
+    def growing(self, a: Alert) -> bool:
+        """Whether an alert handed out by drain() can still gain flows: a rule's alert until its
+        suppression interval ends, the newest lost-events alert while its gap may go on."""
+        if a.rule == "flow-gap.lost-events":
+            # lost events more than LOST_GAP_NS after it open a new alert
+            return bool(self.lost_alerts) and self.lost_alerts[-1] is a and \
+                (self.t_max or 0) - a.last_seen <= LOST_GAP_NS
+        return a.until > (self.t_max if self.t_max is not None else 0)
+
+    def handed_out(self) -> list[Alert]:
+        """Alerts drain() handed out that can still gain flows (after a restore: those restored)."""
+        out = [a for cr in self.rules for a in cr.alerts.open.values() if a.emitted and self.growing(a)]
+        out.extend(a for a in self.lost_alerts[-1:] if a.emitted)
+        return out
 
     # ------------------------------------------------------------------ results
     def alerts(self) -> list[Alert]:

@@ -29,7 +29,7 @@ DEFAULT_CONFIG_YAML = """\
 sources: []              # - {type: file, path: /var/run/cilium/hubble/events.log, start: beginning}
                          # - {type: relay, address: hubble-relay.kube-system.svc:80, tls: false}
                          # - {type: stdin}
-state_dir: null          # offsets of followed files, relay positions, alert spools (restarts resume)
+state_dir: null          # offsets of followed files, relay positions, alert and flow-export spools, detection state (restarts resume)
 filter:                  # Hubble FlowFilters (JSON field names); after enrichment, before metrics, export, detection
   allow: []
   deny: []
@@ -48,6 +48,8 @@ detect:
   cni: auto
   min_severity: info
   node_silence: 2m       # flow-gap alert when a node sends no flows this long while others do (0s: off)
+  checkpoint_interval: 10s # with state_dir: detection state saved this often and at stop (a crash re-reads
+                         # at most this much input into the state of the last checkpoint)
 metrics:
   listen: null           # e.g. ":9965" (Hubble's metrics port); serves /metrics, /healthz, /readyz
   hubble: default        # list of Hubble metric specs ("dns:query;ignoreAAAA", "drop:sourceContext=namespace", ...)
@@ -114,7 +116,7 @@ SCHEMA: dict[str, Any] = {
             "inventory": {"type": ["string", "null"]},
             "cni": {"enum": ["auto", "kubernetes", "cilium"]},
             "min_severity": {"enum": ["info", "low", "medium", "high", "critical"]},
-            "node_silence": _DURATION}},
+            "node_silence": _DURATION, "checkpoint_interval": _DURATION}},
         "metrics": {"type": "object", "additionalProperties": False, "properties": {
             "listen": {"type": ["string", "null"]},
             "hubble": {"oneOf": [{"const": "default"}, {"type": "array", "items": {"type": "string"}}]}}},

@@ -9,6 +9,15 @@ alerts equal those of `flowtrail detect` over the same flows, however they were 
 Offsets of followed files are committed only after a batch's alerts are on the sinks' disk spools
 (when a spool directory is configured), so a crash loses no alert and repeats at most the lines
 read since the last saved offset (saved at most 5 times a second); a clean stop repeats nothing.
+
+With a state directory the engine's state is saved between batches every checkpoint interval and
+at stop, together with the positions of the input it covers (detect/state.py), so a restart goes
+on with the same windows, open alerts and suppressions.
+
+Alerts are handed to the sinks when they open. Sinks with a `repeat_interval` (Alertmanager by
+default) get the alert again, with its current count and last_seen and `"update": true`, at most
+once per interval while it keeps gaining flows; one that stopped gaining flows is not re-sent, so
+Alertmanager resolves it when its endsAt passes.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +37,7 @@ import pyarrow.compute as pc
 from flowtrail.detect.alerts import Alert
 from flowtrail.detect.engine import Engine, events_lost
 from flowtrail.detect.rules import SEVERITIES
+from flowtrail.detect.state import Checkpoints
 from flowtrail.filters import FilterSet
 from flowtrail.monitor.queue import ChunkQueue
 from flowtrail.sinks.alerting import Delivery, close_all
@@ -85,17 +95,59 @@ class MonitorStats:
     alerts: int = 0
     shed_lines: int = 0
     enriched: int = 0
+    alert_updates: int = 0  # alerts re-sent because they kept gaining flows
+
+
+@dataclass
+class _Sent:
+    alert: Alert
+    at: float  # time.monotonic() of the last send
+    last_seen: int  # the alert's last_seen and count as last sent
+    count: int
+
+
+class _Repeater:
+    """The alerts handed to the sinks that want updates, re-sent at most every `interval_s` while
+    they gain flows, forgotten once they cannot gain any."""
+
+    def __init__(self, interval_s: float, outputs: list[Delivery]) -> None:
+        self.interval_s = interval_s
+        self.outputs = outputs
+        self.sent: dict[str, _Sent] = {}
+
+    def track(self, alerts: list[Alert], now: float) -> None:
+        for a in alerts:
+            self.sent[a.id] = _Sent(a, now, a.last_seen, a.count)
+
+    def due(self, now: float, growing: Callable[[Alert], bool], final: bool = False) -> list[Alert]:
+        """Alerts that grew since they were last sent `interval_s` ago or more (`final`: however
+        recently), now marked as sent."""
+        out: list[Alert] = []
+        for key, s in list(self.sent.items()):
+            if not final and now - s.at < self.interval_s:
+                continue
+            a = s.alert
+            if a.last_seen != s.last_seen or a.count != s.count:
+                out.append(a)
+                s.at, s.last_seen, s.count = now, a.last_seen, a.count
+            elif not growing(a):
+                del self.sent[key]
+        return out
 
 
 class Monitor:
     def __init__(self, sources: list[Source], engine: Engine | None, *,
-                 alert_outputs: list[Delivery], flow_outputs: list[FlowOutput] | None = None,
+                 alert_outputs: list[Delivery], flow_outputs: Sequence[FlowOutput] | None = None,
                  flow_filter: FilterSet | None = None, enricher: Any = None, hubble_metrics: Any = None,
-                 own_metrics: Any = None, options: PipelineOptions | None = None) -> None:
+                 own_metrics: Any = None, options: PipelineOptions | None = None,
+                 checkpoints: Checkpoints | None = None) -> None:
+        """`checkpoints`: where the engine's state is saved (its restore happened before: the
+        sources must not have read their positions yet)."""
         self.sources = sources
         self.engine = engine
+        self.checkpoints = checkpoints if engine is not None else None
         self.alert_outputs = alert_outputs
-        self.flow_outputs = flow_outputs or []
+        self.flow_outputs: list[FlowOutput] = list(flow_outputs or [])
         self.filter = flow_filter
         self.enricher = enricher
         self.hubble_metrics = hubble_metrics
@@ -132,6 +184,15 @@ class Monitor:
         self._stage_done = threading.Event()
         self._last_gauges = 0.0
         self._shed_logged = -1e9
+        by_interval: dict[float, list[Delivery]] = {}
+        for o in alert_outputs:
+            every = getattr(o, "repeat_interval_s", None)
+            if every:
+                by_interval.setdefault(float(every), []).append(o)
+        self._repeaters = [_Repeater(every, outs) for every, outs in sorted(by_interval.items())]
+        # how often the repeaters look: a quarter of the shortest interval, at most once a second
+        self._repeat_check_s = min([1.0] + [r.interval_s / 4 for r in self._repeaters])
+        self._repeat_checked = 0.0
 
     # -- health ---------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -172,6 +233,11 @@ class Monitor:
             self._source_done[src.name] = True
 
     def start(self) -> None:
+        if self.engine is not None and self._repeaters:
+            # restored alerts that were sent before the restart: re-sent too if they keep growing
+            now = time.monotonic()
+            for r in self._repeaters:
+                r.track(self.engine.handed_out(), now)
         for src in self.sources:
             self._source_done[src.name] = False
             t = threading.Thread(target=self._pump, args=(src,), name=f"source:{src.name}", daemon=True)
@@ -210,6 +276,8 @@ class Monitor:
                     ended = True
                     break
                 self.finish(p)
+            if self._repeaters and time.monotonic() - self._repeat_checked >= self._repeat_check_s:
+                self.send_updates()
             if time.monotonic() - self._last_gauges >= 0.25:
                 self._last_gauges = time.monotonic()
                 self._gauges()
@@ -247,6 +315,9 @@ class Monitor:
         if left:
             log.warning("shutdown: %d queued lines not processed within %.0fs; their offsets are not "
                         "committed, so they are read again at the next start", left, self.opts.shutdown_timeout_s)
+        if self._repeaters:
+            # the counts the alerts reached since they were last sent, before the sinks close
+            self.send_updates(final=True)
         # every sink shares one deadline
         if self.alert_outputs and not close_all(self.alert_outputs, max(0.5, deadline - time.monotonic())):
             log.warning("shutdown: an alert sink did not confirm delivery; undelivered alerts stay spooled")
@@ -260,6 +331,9 @@ class Monitor:
             close = getattr(src, "close", None)
             if close is not None:
                 close()
+        if self.checkpoints is not None and self.engine is not None:
+            # after the sources saved their final positions: the state covers exactly those
+            self.checkpoints.save(self.engine, self.sources)
         if self.pool is not None:
             self.pool.close()
         self._gauges()
@@ -283,6 +357,13 @@ class Monitor:
             for outcome in ("exported", "filtered", "expired", "sampled", "rate_limited", "errors", "dropped"):
                 self._sync(own.export_flows.labels(exporter=fo.name, outcome=outcome),
                            ("export", fo.name, outcome), fo.stats.get(outcome, 0))
+            for reason, n in getattr(fo, "drops", {}).items():
+                self._sync(own.export_dropped.labels(exporter=fo.name, reason=reason),
+                           ("export_dropped", fo.name, reason), n)
+            if "retries" in fo.stats:
+                self._sync(own.export_retries.labels(exporter=fo.name), ("export_retries", fo.name), fo.stats["retries"])
+                own.export_pending.labels(exporter=fo.name).set(fo.stats["pending"])
+                own.export_spool_bytes.labels(exporter=fo.name).set(fo.stats.get("spool_bytes", 0))
         for src in self.sources:
             st = src.stats
             self._sync(own.source_reconnects.labels(source=src.name), ("reconnects", src.name), st.get("reconnects", 0))
@@ -382,10 +463,16 @@ class Monitor:
                 own.batch_seconds.labels(stage="decode").observe(p.decode_s)
                 own.batch_seconds.labels(stage="metrics").observe(t_metrics - t_decode)
                 own.batch_seconds.labels(stage="detect").observe(time.perf_counter() - t_metrics)
+        for fo in self.flow_outputs:
+            # the exported rows are on disk before their input offsets are committed
+            getattr(fo, "persist", lambda _t: True)(5.0)
         for ch in chunks:
             if ch.commit is not None:
                 ch.commit()
         self.stats.batches += 1
+        if self.checkpoints is not None and self.engine is not None and self.checkpoints.due():
+            # between batches, on this thread: the committed positions are exactly those of the state
+            self.checkpoints.save(self.engine, self.sources)
         return new
 
     def _note_time(self, big: pa.Table) -> None:
@@ -409,6 +496,10 @@ class Monitor:
             o.submit(out)
             # on disk before the offsets of the lines they came from are committed
             o.persist()
+        if self._repeaters:
+            now = time.monotonic()
+            for r in self._repeaters:
+                r.track(picked, now)
         # latency is counted from the oldest chunk of the batch: an upper bound for every alert in it
         lat = (time.monotonic_ns() - min(ch.received_ns for ch in chunks)) / 1e9
         self.stats.alerts += len(out)
@@ -417,6 +508,24 @@ class Monitor:
                 self.own.alerts.labels(rule=a.rule, severity=a.severity, category=a.category).inc()
                 self.own.alert_latency.observe(lat)
         return out
+
+    def send_updates(self, final: bool = False) -> int:
+        """Re-send the alerts that gained flows since they were last sent to the sinks with a
+        repeat interval (`final`: however recently they were sent); returns how many."""
+        self._repeat_checked = now = time.monotonic()
+        if self.engine is None:
+            return 0
+        n = 0
+        for r in self._repeaters:
+            due = r.due(now, self.engine.growing, final)
+            if not due:
+                continue
+            docs = [{**a.to_json(), "update": True} for a in due]
+            for o in r.outputs:
+                o.submit(docs)
+            n += len(due)
+        self.stats.alert_updates += n
+        return n
 
 
 MERGE_MAX_BYTES = 8 << 20

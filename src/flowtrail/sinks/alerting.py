@@ -11,6 +11,9 @@ a worker thread moves them to the sink's spool (JSON lines, fsync'd, one directo
 sink is down the worker retries with exponential backoff and jitter; the spool keeps everything not
 yet delivered, across restarts too: a new Delivery on the same spool directory resends it.
 Delivery is at-least-once; receivers dedup by the alert id (Alertmanager: the `alert_id` label).
+A sink with a `repeat_interval` also gets updates: the monitor re-submits an alert that keeps
+gaining flows, at most once per interval, with its current count and last_seen and
+`"update": true` (the same id); see flowtrail.monitor.pipeline.
 `flush(timeout)` waits for delivery (a sink waiting out a backoff tries once more at once);
 `close(timeout)` flushes, stops and leaves the rest spooled; `close_all(deliveries, timeout)` does
 that for every sink within one deadline, for SIGTERM.
@@ -26,6 +29,9 @@ Configuration (`build_alert_sinks`, YAML/JSON list, one entry per sink; schema `
     backoff_initial_s:  0.5        first retry delay; doubles per failure, with jitter ...
     backoff_max_s:      30         ... up to this
     batch_max:          500        alerts per send
+    repeat_interval:    null       re-send an alert that keeps gaining flows at most this often (Go
+                                   duration), marked "update": true; null or 0s: once, when it opens.
+                                   Alertmanager: 1m (it resolves alerts that are not re-sent)
 
     - type: file                   JSON lines, one alert per line
       path:             (required)
@@ -45,6 +51,7 @@ Configuration (`build_alert_sinks`, YAML/JSON list, one entry per sink; schema `
       url:              (required) http://host:9093 (plus any --web.route-prefix)
       labels:           {}         extra static labels (e.g. cluster: prod); may not replace ours
       resolve_after:    5m         endsAt = now + this (Go duration); Alertmanager resolves it then
+                                   unless it is re-sent; must be longer than repeat_interval
       generator_url:    -          e.g. https://ui.example/alerts/{id} ({id} and {rule} substituted)
       timeout_s, headers, tls, basic_auth: as for webhook
       # labels: alertname=<rule>, severity, category, namespace, pod, workload, alert_id=<id>;
@@ -74,6 +81,7 @@ import jsonschema
 import orjson
 
 from flowtrail.detect.rules import SEVERITIES
+from flowtrail.model.timeutil import parse_go_duration_ns
 from flowtrail.sinks.spool import DiskSpool, MemorySpool, Spool, SpoolError
 
 log = logging.getLogger("flowtrail.sinks")
@@ -138,13 +146,19 @@ class Delivery:
 
     def __init__(self, sink: AlertSink, spool_dir: Path | None, *, min_severity: str = "info",
                  max_spool_bytes: int = 256 << 20, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
-                 batch_max: int = 500, queue_max: int = DEFAULT_QUEUE_MAX) -> None:
+                 batch_max: int = 500, queue_max: int = DEFAULT_QUEUE_MAX,
+                 repeat_interval_s: float | None = None) -> None:
+        """`repeat_interval_s`: the monitor re-submits alerts that keep gaining flows this often
+        (None: alerts are submitted once)."""
         if min_severity not in SEVERITY_RANK:
             raise ValueError(f"min_severity {min_severity!r} is not one of {SEVERITIES}")
         if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
         if batch_max < 1 or queue_max < 1:
             raise ValueError("batch_max and queue_max must be positive")
+        if repeat_interval_s is not None and repeat_interval_s <= 0:
+            raise ValueError("repeat_interval must be positive (or none: no updates)")
+        self.repeat_interval_s = repeat_interval_s
         self.sink = sink
         self.name = sink.name
         self._min_rank = SEVERITY_RANK[min_severity]
@@ -428,6 +442,10 @@ def close_all(deliveries: list[Delivery], timeout_s: float) -> bool:
 
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+_GO_DURATION = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
+# alerts re-sent at most this often while they gain flows; Alertmanager resolves an alert that
+# is not re-sent before its endsAt, and its docs expect re-sends every 30 s to 3 min
+DEFAULT_REPEAT = {"alertmanager": "1m"}
 _COMMON: dict[str, Any] = {
     "type": {"enum": list(SINK_TYPES)},
     "name": _NAME,
@@ -436,6 +454,7 @@ _COMMON: dict[str, Any] = {
     "backoff_initial_s": _POSITIVE,
     "backoff_max_s": _POSITIVE,
     "batch_max": {"type": "integer", "minimum": 1},
+    "repeat_interval": {"oneOf": [{"type": "null"}, {"type": "string", "pattern": _GO_DURATION}]},
 }
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _HTTP: dict[str, Any] = {
@@ -461,7 +480,7 @@ _TYPES: dict[str, tuple[list[str], dict[str, Any]]] = {
         **_HTTP,
         "labels": {"type": "object", "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
                    "additionalProperties": {"type": "string"}},
-        "resolve_after": {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"},
+        "resolve_after": {"type": "string", "pattern": _GO_DURATION},
         "generator_url": {"type": "string"},
     }),
     "syslog": (["address"], {
@@ -523,11 +542,29 @@ def build_sink(entry: dict[str, Any]) -> AlertSink:
     raise SinkConfigError(f"unknown alert sink type {kind!r}")
 
 
+def repeat_interval_s(entry: dict[str, Any], where: str) -> float | None:
+    """The validated entry's repeat interval in seconds; None: alerts are sent once."""
+    value = entry.get("repeat_interval", DEFAULT_REPEAT.get(entry["type"]))
+    ns = parse_go_duration_ns(value) if value is not None else None
+    if value is not None and ns is None:
+        raise SinkConfigError(f"{where}: repeat_interval: {value!r} is not a Go duration")
+    if not ns:
+        return None
+    if entry["type"] == "alertmanager":
+        resolve = parse_go_duration_ns(entry.get("resolve_after", "5m")) or 0
+        if resolve <= ns:
+            raise SinkConfigError(
+                f"{where}: resolve_after ({entry.get('resolve_after', '5m')}) must be longer than repeat_interval "
+                f"({value}): Alertmanager would resolve an active alert between two re-sends (3x or more is safe)")
+    return ns / 1e9
+
+
 def build_alert_sinks(config: list[dict[str, Any]], spool_root: Path | None) -> list[Delivery]:
     """One Delivery per config entry, spooled under `spool_root/<name>` (in memory when None)."""
     if not isinstance(config, list):
         raise SinkConfigError("alert sinks: expected a list of sink entries")
     names: set[str] = set()
+    repeats: list[float | None] = []
     for i, entry in enumerate(config):
         where = f"alert sink #{i + 1}" + (f" ({entry.get('type')})" if isinstance(entry, dict) else "")
         validate_sink_config(entry, where)
@@ -535,6 +572,7 @@ def build_alert_sinks(config: list[dict[str, Any]], spool_root: Path | None) -> 
         if name in names:
             raise SinkConfigError(f"{where}: name {name!r} is used twice; give each sink its own name")
         names.add(name)
+        repeats.append(repeat_interval_s(entry, where))
     out: list[Delivery] = []
     try:
         for i, entry in enumerate(config):
@@ -550,7 +588,7 @@ def build_alert_sinks(config: list[dict[str, Any]], spool_root: Path | None) -> 
                     max_spool_bytes=int(entry.get("spool_max_mb", 256) * (1 << 20)),
                     backoff_initial_s=entry.get("backoff_initial_s", 0.5),
                     backoff_max_s=max(entry.get("backoff_max_s", 30.0), entry.get("backoff_initial_s", 0.5)),
-                    batch_max=entry.get("batch_max", 500)))
+                    batch_max=entry.get("batch_max", 500), repeat_interval_s=repeats[i]))
             except (SpoolError, ValueError) as exc:
                 sink.close()
                 raise SinkConfigError(f"alert sink #{i + 1} ({name}): {exc}") from None

@@ -8,8 +8,12 @@ Annotations: summary (the title), description, remediation, mitre, evidence (the
 line), peers, count, first_seen, last_seen and details (JSON) when present.
 
 startsAt is the alert's detected_at; endsAt is now + resolve_after (from the later of now and
-startsAt, so replayed alerts from the future are still valid), after which Alertmanager resolves the
-alert on its own -- flowtrail alerts are events, not states that are re-sent while they hold.
+startsAt, so replayed alerts from the future are still valid). Alertmanager expects clients to
+re-send an alert while it is active and resolves it once endsAt passes without a re-send; the
+monitor re-sends an alert that keeps gaining flows every `repeat_interval` (1m by default, shorter
+than resolve_after), each time with a later endsAt and the current count and last_seen
+annotations, under the same labels. An alert that stopped gaining flows is no longer re-sent and
+resolves at most resolve_after after its last send.
 """
 
 from __future__ import annotations

@@ -123,11 +123,15 @@ class FileFollower:
                 st.save(self.state_file)
                 self._last_saved = now
 
-    def close(self) -> None:
-        """Persist the last committed offset (called on shutdown, after the final commit)."""
+    def save_position(self) -> None:
+        """Persist the last committed offset now (a detection-state checkpoint pairs the two)."""
         with self._lock:
             if self.state_file is not None and self._committed is not None:
                 self._committed.save(self.state_file)
+
+    def close(self) -> None:
+        """Persist the last committed offset (called on shutdown, after the final commit)."""
+        self.save_position()
 
     # -- opening ---------------------------------------------------------------------------------------
     def _open_path(self) -> _Open | None:
