@@ -16,6 +16,8 @@ $(STAMP): requirements.txt pyproject.toml setup.py src/flowtrail/sources/_canons
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python scripts/gen_protos.py
+	@# bytecode compiled once: with PYTHONDONTWRITEBYTECODE every CLI call would compile ~30 modules
+	$(BIN)/python -m compileall -q src/flowtrail >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)

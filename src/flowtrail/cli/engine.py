@@ -9,9 +9,13 @@ rather than as copies of the lines.
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing as mp
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -24,8 +28,16 @@ from flowtrail.filters import FilterSet
 from flowtrail.filters.compile import NONCANONICAL_MARKERS
 from flowtrail.model.timeutil import parse_rfc3339_ns
 from flowtrail.sinks.printer import PrintOptions, format_compact, format_dict, table_cells
+from flowtrail.sources import canonscan
 from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, FileSpans, Rows, parse_rows
-from flowtrail.sources.files import Input, iter_blocks, open_binary, read_range_into, split_ranges
+from flowtrail.sources.files import (
+    Input,
+    MappedRange,
+    iter_blocks,
+    open_binary,
+    read_range_into,
+    split_ranges,
+)
 
 PARALLEL_MIN_BYTES = 32 << 20
 
@@ -169,15 +181,35 @@ _BUFFER = bytearray()
 def _work(args: tuple[str, int, int]) -> BlockResult:
     path, start, end = args
     assert _WORKER is not None
+    mapped = MappedRange(path, start, end) if _MAP_FILES else None
     # the result holds no reference to the data once sent, so the next block reuses the buffer
-    data = read_range_into(path, start, end, _BUFFER)
-    res = _WORKER.process(data, path, 1)
-    if res.rows is not None:
-        if res.count * 4 < res.lines:
-            res.rows = res.rows.inline()  # a few rows: send them
-        else:
-            res.rows.base = start  # many: send their spans; the reader reads them from the file
+    data = mapped.view if mapped is not None else read_range_into(path, start, end, _BUFFER)
+    try:
+        res = _WORKER.process(data, path, 1)  # type: ignore[arg-type]  # a memoryview reads as bytes here
+        if res.rows is not None:
+            if res.count * 4 < res.lines:
+                res.rows = res.rows.inline()  # a few rows: send them
+            else:
+                res.rows.base = start  # many: send their spans; the reader reads them from the file
+                res.rows.data = None
+    finally:
+        del data
+        if mapped is not None:
+            mapped.close()
     return res
+
+
+def _can_map() -> bool:
+    """Workers map their ranges when every step reads a memoryview: the C scanner and Hyperscan
+    (the fallbacks search bytes objects)."""
+    try:
+        import hyperscan  # noqa: F401
+    except ImportError:
+        return False
+    return canonscan.AVAILABLE
+
+
+_MAP_FILES = False
 
 
 def run_input(proc: BlockProcessor, inp: Input, workers: int | None = None) -> Iterator[BlockResult]:
@@ -208,16 +240,37 @@ def _grouped(ranges: list[tuple[int, int]], nproc: int) -> list[tuple[int, int]]
     return [(ranges[i][0], ranges[min(i + size, len(ranges)) - 1][1]) for i in range(0, len(ranges), size)]
 
 
+def _results(pool: ProcessPoolExecutor, tasks: list[tuple[str, int, int]], window: int) -> Iterator[BlockResult]:
+    """Results in task order, with at most ``window`` tasks submitted ahead of the reader."""
+    pending: deque[Future[BlockResult]] = deque()
+    it = iter(tasks)
+    for task in itertools.islice(it, window):
+        pending.append(pool.submit(_work, task))
+    while pending:
+        fut = pending.popleft()
+        try:
+            res = fut.result()
+        except BrokenProcessPool:
+            raise OSError(f"{tasks[0][0]}: a worker died reading the file (was it truncated while "
+                          f"being read?)") from None
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(_work, nxt))
+        yield res
+
+
 def _run_parallel(proc: BlockProcessor, inp: Input, nproc: int) -> Iterator[BlockResult]:
-    global _WORKER
+    global _WORKER, _MAP_FILES
     _WORKER = proc
+    _MAP_FILES = _can_map()
     ranges = _grouped(split_ranges(inp.path), nproc)
-    ctx = mp.get_context("fork")
     line = 1
     # not closed here: results kept for --last still read from it
     spans = FileSpans(inp.path)
-    with ctx.Pool(nproc) as pool:
-        for res in pool.imap(_work, [(inp.path, s, e) for s, e in ranges]):
+    # an executor, not multiprocessing.Pool: a worker killed by a signal (SIGBUS when a mapped
+    # file shrinks) is an error here, where a Pool would wait forever
+    with ProcessPoolExecutor(nproc, mp_context=mp.get_context("fork")) as pool:
+        for res in _results(pool, [(inp.path, s, e) for s, e in ranges], 2 * nproc):
             for err in res.errors:
                 err.line += line - 1
                 err.source = inp.name

@@ -106,19 +106,20 @@ class Rows:
     canonical bytes for the others. Spans are offsets into ``data`` (the block, or a
     :class:`FileSpans` from offset ``base``); a worker process sends them without the data."""
 
-    def __init__(self, data: bytes | bytearray | FileSpans | None, starts: np.ndarray, ends: np.ndarray,
+    def __init__(self, data: bytes | bytearray | memoryview | FileSpans | None, starts: np.ndarray, ends: np.ndarray,
                  replaced: dict[int, bytes], base: int = 0) -> None:
         self.data = data
         self.starts = starts  # int64, -1 where the row is in ``replaced``
         self.ends = ends
         self.replaced = replaced
         self.base = base
+        self.own = False  # data is these rows' own buffer (inline), sent along between processes
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "data": None}
+        return {**self.__dict__, "data": self.data if self.own else None}
 
     def __getitem__(self, i: int) -> bytes:
         start = int(self.starts[i])
@@ -131,13 +132,25 @@ class Rows:
             return self.data.read(start, end)
         if isinstance(self.data, bytearray):
             return bytes(memoryview(self.data)[start:end])
+        if isinstance(self.data, memoryview):  # a mapped file range
+            return bytes(self.data[start:end])
         assert self.data is not None
         return self.data[start:end]
 
     def inline(self) -> Rows:
-        """The same rows with their bytes held here (for a few rows sent between processes)."""
-        return Rows(None, np.full(len(self), -1, np.int64), np.full(len(self), -1, np.int64),
-                    {i: self[i] for i in range(len(self))})
+        """The same rows with their bytes held here (for a few rows sent between processes), as
+        consecutive lines of one buffer: the receiver writes them with one call."""
+        parts = [self[i] for i in range(len(self))]
+        if not parts:
+            empty = Rows(b"", np.zeros(0, np.int64), np.zeros(0, np.int64), {})
+            empty.own = True
+            return empty
+        lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+        starts = np.zeros(len(parts), np.int64)
+        np.cumsum(lengths[:-1] + 1, out=starts[1:])
+        rows = Rows(b"\n".join(parts) + b"\n", starts, starts + lengths, {})
+        rows.own = True
+        return rows
 
     def take(self, idx: np.ndarray) -> Rows:
         """Rows ``idx`` (increasing), renumbered from 0."""
@@ -275,7 +288,8 @@ class _Index:
         self.flow = flowpfx
 
     def line(self, i: int) -> bytes | bytearray:
-        return self.data[int(self.starts[i]) : int(self.ends[i])]
+        line = self.data[int(self.starts[i]) : int(self.ends[i])]
+        return bytes(line) if isinstance(line, memoryview) else line
 
     def lines_of(self, positions: Iterable[int]) -> np.ndarray:
         pos = np.fromiter(positions, np.int64)

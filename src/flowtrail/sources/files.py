@@ -4,6 +4,7 @@ logs, read as blocks of whole lines."""
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 import re
 import sys
@@ -143,6 +144,39 @@ def read_range_into(path: str, start: int, end: int, buf: bytearray) -> bytearra
     finally:
         os.close(fd)
     return buf
+
+
+class MappedRange:
+    """Bytes [start, end) of a file mapped into memory, not copied: the kernel's copy from the
+    page cache runs at ~1.5 GB/s on these machines, a mapping at ~10.
+
+    ``view`` is a read-only memoryview of the range. A file truncated while mapped makes reading
+    the lost part kill the process (SIGBUS): use it where a dead worker is reported, not hung."""
+
+    def __init__(self, path: str, start: int, end: int) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            end = min(end, size)
+            base = start - start % mmap.ALLOCATIONGRANULARITY
+            self._map = (mmap.mmap(fd, max(end - base, 1), flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ,
+                                   offset=base) if end > start else None)
+        finally:
+            os.close(fd)
+        if self._map is None:
+            self.view = memoryview(b"")
+        else:
+            # (not MADV_SEQUENTIAL: it drops the pages behind, which the reader's copy then rereads)
+            self.view = memoryview(self._map)[start - base : end - base]
+
+    def close(self) -> None:
+        """Unmap now; when arrays made from the view are still alive, their last reference does."""
+        try:
+            self.view.release()
+            if self._map is not None:
+                self._map.close()
+        except BufferError:
+            pass
 
 
 def read_range(path: str, start: int, end: int) -> bytes:
