@@ -9,13 +9,8 @@ rather than as copies of the lines.
 from __future__ import annotations
 
 import gc
-import itertools
-import multiprocessing as mp
 import os
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -38,6 +33,7 @@ from flowtrail.sources.files import (
     read_range_into,
     split_ranges,
 )
+from flowtrail.sources.parallel import ordered_map
 
 PARALLEL_MIN_BYTES = 32 << 20
 
@@ -240,25 +236,6 @@ def _grouped(ranges: list[tuple[int, int]], nproc: int) -> list[tuple[int, int]]
     return [(ranges[i][0], ranges[min(i + size, len(ranges)) - 1][1]) for i in range(0, len(ranges), size)]
 
 
-def _results(pool: ProcessPoolExecutor, tasks: list[tuple[str, int, int]], window: int) -> Iterator[BlockResult]:
-    """Results in task order, with at most ``window`` tasks submitted ahead of the reader."""
-    pending: deque[Future[BlockResult]] = deque()
-    it = iter(tasks)
-    for task in itertools.islice(it, window):
-        pending.append(pool.submit(_work, task))
-    while pending:
-        fut = pending.popleft()
-        try:
-            res = fut.result()
-        except BrokenProcessPool:
-            raise OSError(f"{tasks[0][0]}: a worker died reading the file (was it truncated while "
-                          f"being read?)") from None
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(pool.submit(_work, nxt))
-        yield res
-
-
 def _run_parallel(proc: BlockProcessor, inp: Input, nproc: int) -> Iterator[BlockResult]:
     global _WORKER, _MAP_FILES
     _WORKER = proc
@@ -267,15 +244,12 @@ def _run_parallel(proc: BlockProcessor, inp: Input, nproc: int) -> Iterator[Bloc
     line = 1
     # not closed here: results kept for --last still read from it
     spans = FileSpans(inp.path)
-    # an executor, not multiprocessing.Pool: a worker killed by a signal (SIGBUS when a mapped
-    # file shrinks) is an error here, where a Pool would wait forever
-    with ProcessPoolExecutor(nproc, mp_context=mp.get_context("fork")) as pool:
-        for res in _results(pool, [(inp.path, s, e) for s, e in ranges], 2 * nproc):
-            for err in res.errors:
-                err.line += line - 1
-                err.source = inp.name
-            if res.rows is not None and res.rows.data is None:
-                res.rows.data = spans
-            res.first_line = line
-            line += res.lines
-            yield res
+    for res in ordered_map(_work, [(inp.path, s, e) for s, e in ranges], nproc, inp.name):
+        for err in res.errors:
+            err.line += line - 1
+            err.source = inp.name
+        if res.rows is not None and res.rows.data is None:
+            res.rows.data = spans
+        res.first_line = line
+        line += res.lines
+        yield res

@@ -11,6 +11,7 @@ is per distinct value, class and finding group, never per flow.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, overload
@@ -25,7 +26,7 @@ from flowtrail.filters.base import Columns
 from flowtrail.policy.endpoints import Endpoint, Inventory, IPAddr, from_identity_labels, parse_ip
 from flowtrail.policy.evaluate import Connection, DirectionResult, Evaluator, HTTPRequest, Verdict
 from flowtrail.policy.model import CIDRPeer, FQDNPeer, IPNet, Rule
-from flowtrail.sources.decode import Decoded, Decoder
+from flowtrail.sources.decode import Decoded, Decoder, hyperscan_db
 from flowtrail.util.arrays import bool_mask
 
 REPLAY_PATHS = sorted(set(FEATURE_PATHS) | {
@@ -67,14 +68,20 @@ class ReplayDecoder(Decoder):
         return super().decode_block(data, source, first_line, needle_groups, markers, columns, wanted)
 
 
-def _lines_with(data: bytes | bytearray, needle: bytes, newlines: np.ndarray, count: int) -> np.ndarray:
+def _lines_with(data: bytes | bytearray | memoryview, needle: bytes, newlines: np.ndarray, count: int) -> np.ndarray:
     """Which of the ``count`` lines of ``data`` contain ``needle``."""
     # bytes.find is memchr-fast: about 1 ms per MB here, a few % of parsing the same lines
-    hits = []
-    at = data.find(needle)
-    while at != -1:
-        hits.append(at)
-        at = data.find(needle, at + len(needle))
+    hits: list[int] = []
+    db = hyperscan_db(((needle,),))
+    if db is not None:  # ~5 GB/s against ~0.7 for bytes.find here; reads a mapped range too
+        db.scan(data, match_event_handler=lambda _i, _f, to, _fl, _c: hits.append(to - len(needle)))
+    elif isinstance(data, memoryview):  # a mapped file range has no find(); re reads any buffer
+        hits = [m.start() for m in re.finditer(re.escape(needle), data)]
+    else:
+        at = data.find(needle)
+        while at != -1:
+            hits.append(at)
+            at = data.find(needle, at + len(needle))
     out = np.zeros(count, bool)
     if hits:
         out[np.searchsorted(newlines, np.asarray(hits, np.int64))] = True

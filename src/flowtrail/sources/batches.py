@@ -9,7 +9,6 @@ their absolute file and line and never stop the stream.
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats
-from flowtrail.sources.files import Input, iter_blocks, open_binary, read_range, split_ranges
+from flowtrail.sources import canonscan
+from flowtrail.sources.decode import FLOW_PREFIX, DecodeError, Decoder, DecodeStats
+from flowtrail.sources.files import Input, MappedRange, iter_blocks, open_binary, read_range, split_ranges
+from flowtrail.sources.parallel import ordered_map
 
 PARALLEL_MIN_BYTES = 32 << 20
 NONCANONICAL = (b"\t", b"\r", b"\\u", b"\\/")
@@ -109,7 +110,11 @@ def line_array(data: bytes) -> tuple[pa.Array, np.ndarray]:
 def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
     want = None
     if job.regex is not None and data:
-        arr, starts = line_array(data)
+        arr: pa.Array | None = None
+        if job.hs_db is not None and canonscan.AVAILABLE:
+            starts = canonscan.index_lines(data, job.decoder.max_line, FLOW_PREFIX)[0]
+        else:
+            arr, starts = line_array(data)
         want = _matching_lines(job, data, starts, arr)
     # Lines the prefilter skips are still checked for the shape of one JSON object by the
     # decoder, so a truncated or garbled line is reported (and fatal with --strict) whatever
@@ -122,7 +127,19 @@ def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
 def _work(args: tuple[str, int, int]) -> Batch:
     assert _JOB is not None
     path, start, end = args
-    return _decode(_JOB, read_range(path, start, end), path, 1)
+    if not _can_map(_JOB):
+        return _decode(_JOB, read_range(path, start, end), path, 1)
+    mapped = MappedRange(path, start, end)  # not copied: see MappedRange
+    try:
+        return _decode(_JOB, mapped.view, path, 1)  # type: ignore[arg-type]  # read as bytes
+    finally:
+        mapped.close()
+
+
+def _can_map(job: _Job) -> bool:
+    """A mapped range (a memoryview) is read by the C scanner and Hyperscan; the fallbacks need
+    bytes."""
+    return canonscan.AVAILABLE and (job.regex is None or job.hs_db is not None)
 
 
 def batches(inputs: Sequence[Input], decoder: Decoder,
@@ -140,17 +157,16 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
                 _JOB = job
                 ranges = split_ranges(inp.path)
                 line = 1
-                with mp.get_context("fork").Pool(nproc) as pool:
-                    for (start, end), b in zip(ranges, pool.imap(_work, [(inp.path, s, e) for s, e in ranges]),
-                                               strict=True):
-                        for err in b.errors:
-                            err.line += line - 1
-                            err.source = inp.name
-                        b.first_line, b.source = line, inp.name
-                        line += b.lines
-                        if progress is not None:
-                            progress(end - start)
-                        yield b
+                tasks = [(inp.path, s, e) for s, e in ranges]
+                for (start, end), b in zip(ranges, ordered_map(_work, tasks, nproc, inp.name), strict=True):
+                    for err in b.errors:
+                        err.line += line - 1
+                        err.source = inp.name
+                    b.first_line, b.source = line, inp.name
+                    line += b.lines
+                    if progress is not None:
+                        progress(end - start)
+                    yield b
                 _JOB = None
                 continue
             with open_binary(inp) as fh:

@@ -669,7 +669,7 @@ _RAREST_GROUP: dict[Any, list[list[int]]] = {}
 def _lines_holding(ix: _Index, sets: Sequence[tuple[bytes, ...]]) -> list[np.ndarray]:
     """For each set of byte strings, the lines holding one of them. One Hyperscan pass finds all
     where Hyperscan is installed."""
-    db = _hyperscan(tuple(sets))
+    db = hyperscan_db(tuple(sets))
     if db is not None and ix.data:
         ends: list[int] = []
         ids: list[int] = []
@@ -695,7 +695,7 @@ def _lines_holding(ix: _Index, sets: Sequence[tuple[bytes, ...]]) -> list[np.nda
 _HS_DATABASES: dict[tuple[tuple[bytes, ...], ...], Any] = {}
 
 
-def _hyperscan(sets: tuple[tuple[bytes, ...], ...]) -> Any:
+def hyperscan_db(sets: tuple[tuple[bytes, ...], ...]) -> Any:
     """A Hyperscan database matching the byte strings of ``sets``, each reported with the index
     of its set; None without Hyperscan. Built once per needle set and process."""
     if sets in _HS_DATABASES:

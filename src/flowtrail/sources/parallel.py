@@ -1,0 +1,41 @@
+"""Byte ranges of one file processed by forked worker processes, results in file order.
+
+An executor rather than multiprocessing.Pool: a worker killed by a signal (SIGBUS when a file it
+has mapped shrinks under it, the OOM killer) surfaces here as an error, where a Pool would wait
+for its result forever. At most ``window`` tasks are ahead of the reader, so results that the
+reader has not taken yet cannot pile up in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int, what: str) -> Iterator[R]:
+    """``fn(task)`` for every task in forked workers, yielded in task order. ``what`` names the
+    input in the error raised when a worker dies."""
+    window = 2 * workers
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        pending: deque[Future[R]] = deque()
+        it = iter(tasks)
+        for task in itertools.islice(it, window):
+            pending.append(pool.submit(fn, task))
+        while pending:
+            fut = pending.popleft()
+            try:
+                res = fut.result()
+            except BrokenProcessPool:
+                raise OSError(f"{what}: a worker process died while reading it (was the file truncated "
+                              f"while being read?)") from None
+            for task in itertools.islice(it, 1):
+                pending.append(pool.submit(fn, task))
+            yield res
