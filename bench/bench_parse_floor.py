@@ -7,9 +7,10 @@ audit`).
 Times, on one core and in process (the file already in memory), each step a decoder cannot skip:
 finding the lines, Arrow's JSON reader with no column, with one column, with the columns of the
 default detection pack plus the default Hubble metrics (what `flowtrail run` decodes), orjson
-building every line's objects, and DuckDB's JSON reader (yyjson) with the same columns when
-duckdb is installed (not a dependency). Input: bench/data/flows-1000000.jsonl when present (from
-bench/genflows.py), else a fresh `flowtrail simulate` capture. Prints µs per line, MB/s and the
+building every line's objects, DuckDB's JSON reader (yyjson) with the same columns when duckdb
+is installed (not a dependency), and flowtrail's own C scanner (line index; spelling and JSON
+check; check plus the same columns as an Arrow table). Input: bench/data/flows-1000000.jsonl when
+present (from bench/genflows.py), else a fresh `flowtrail simulate` capture. Prints µs per line, MB/s and the
 flows/s two cores would reach if they did nothing else.
 """
 
@@ -36,6 +37,7 @@ from flowtrail.detect.features import Enrichment
 from flowtrail.detect.rules import load_rules
 from flowtrail.metrics.hubble import DEFAULT_HUBBLE_METRICS, HubbleMetrics
 from flowtrail.model.schema import envelope_arrow_schema
+from flowtrail.sources import canonscan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,6 +99,18 @@ def duckdb_reader(data: bytes, paths: list[str], tmp: Path) -> Callable[[], obje
     return lambda: con.sql(query).to_arrow_table()
 
 
+def scanner(data: bytes, paths: list[str] | None) -> Callable[[], object] | None:
+    """flowtrail's C scanner (sources/_canonscan.c): the canonical-spelling and JSON check of
+    every line, and with ``paths`` the Arrow table of those columns."""
+    if not canonscan.AVAILABLE:
+        return None
+    starts, ends, _ = canonscan.index_lines(data, 1 << 20, b'{"flow":{')
+    if paths is None:
+        return lambda: canonscan.noncanonical(data, starts, ends)
+    ex = canonscan.Extractor(envelope_arrow_schema(sorted({*paths, "time", "node_name"})))
+    return lambda: ex.extract(data, starts, ends)
+
+
 def timed(fn: Callable[[], object], repeat: int) -> float:
     runs = []
     gc.disable()  # as the decoders run: the cyclic collector would rescan every new dict
@@ -127,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             (f"Arrow JSON reader, {len(paths)} flow paths (flowtrail run's defaults)", arrow_reader(data, paths)),
             ("orjson.loads per line (Python objects)", lambda: [orjson.loads(x) for x in data.splitlines()]),
             (f"DuckDB read_ndjson, {len(paths)} flow paths, 1 thread", duckdb_reader(data, paths, tmp)),
+            ("flowtrail C scanner: line index", (lambda: canonscan.index_lines(data, 1 << 20, b"{"))
+             if canonscan.AVAILABLE else None),
+            ("flowtrail C scanner: spelling + JSON check", scanner(data, None)),
+            (f"flowtrail C scanner: check + {len(paths)} flow paths to Arrow", scanner(data, paths)),
         ]
         print(f"{n:,} lines, {len(data) / 1e6:,.0f} MB ({len(data) / n:,.0f} B/line), one core, median of "
               f"{args.repeat}; {os.cpu_count()} CPUs")
