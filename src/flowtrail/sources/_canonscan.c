@@ -296,24 +296,25 @@ static int any_value(scan_t *st) {
  *
  * A projected field has an output node (slot.node; -1: not projected). Every value found for it
  * is appended to the node's records (rec_t): the instance it belongs to (the row, or the item of
- * the enclosing list) and by node kind: a string's offset and length (bit 31: it holds escapes);
+ * the enclosing list) and by node kind: a string's offset and length in the node's bytes (its
+ * values decoded, in order);
  * an integer or boolean value; nothing for a message's presence; a list's item count.
  * Items of a list are instances of their own, numbered per list node, in order; a list of
  * scalars keeps its items' values in node + 1. Python turns the records into Arrow arrays. */
 typedef struct {
     int64_t a;     /* string offset, integer or boolean value, list item count */
     int32_t inst;  /* row or item */
-    uint32_t b;    /* string length | escaped << 31 */
+    uint32_t b;    /* string length */
 } rec_t;
-
-#define ESCAPED 0x80000000u
 
 typedef struct {
     rec_t *rec;
     Py_ssize_t n, cap;
     int64_t items;     /* a list node: items so far */
+    uint8_t *bytes;    /* a string node: its values, decoded, one after the other */
+    Py_ssize_t blen, bcap;
     /* what to roll back to when the current line fails: the state before its first write */
-    Py_ssize_t line, mark_n;
+    Py_ssize_t line, mark_n, mark_blen;
     int64_t mark_items;
 } out_t;
 
@@ -330,9 +331,73 @@ static inline out_t *touch(emit_t *em, int32_t node) {
     if (o->line != em->line) {
         o->line = em->line;
         o->mark_n = o->n;
+        o->mark_blen = o->blen;
         o->mark_items = o->items;
     }
     return o;
+}
+
+static uint8_t *utf8(uint8_t *w, uint32_t cp);
+
+/* The bytes of a JSON string body with its escapes decoded (checked by string()); returns the end. */
+static uint8_t *unescape(uint8_t *w, const uint8_t *p, const uint8_t *end) {
+    while (p < end) {
+        if (*p != '\\') {
+            *w++ = *p++;
+            continue;
+        }
+        uint8_t e = p[1];
+        p += 2;
+        switch (e) {
+        case 'b': *w++ = '\b'; break;
+        case 'f': *w++ = '\f'; break;
+        case 'n': *w++ = '\n'; break;
+        case 'r': *w++ = '\r'; break;
+        case 't': *w++ = '\t'; break;
+        case 'u': {
+            uint32_t cp = 0;
+            for (int k = 0; k < 4; k++) cp = cp * 16 + (uint32_t)hexval(p[k]);
+            p += 4;
+            w = utf8(w, cp);
+            break;
+        }
+        default: *w++ = e; break; /* " \ / */
+        }
+    }
+    return w;
+}
+
+static int emit(emit_t *em, int32_t node, int64_t inst, int64_t a, uint32_t b);
+
+/* A string value: copied (decoded) into the node's bytes while its line is in the cache; the
+ * record holds its offset there and its length. */
+static int emit_string(emit_t *em, int32_t node, int64_t inst, const uint8_t *p, size_t n, int esc) {
+    out_t *o = &em->outs[node];
+    if (o->line != em->line) {
+        o->line = em->line;
+        o->mark_n = o->n;
+        o->mark_blen = o->blen;
+        o->mark_items = o->items;
+    }
+    if (o->blen + (Py_ssize_t)n > o->bcap) {
+        Py_ssize_t cap = o->bcap ? o->bcap * 2 : 1 << 16;
+        while (cap < o->blen + (Py_ssize_t)n) cap *= 2;
+        uint8_t *bytes = (uint8_t *)realloc(o->bytes, (size_t)cap);
+        if (!bytes) {
+            em->failed = 1;
+            return 0;
+        }
+        o->bytes = bytes;
+        o->bcap = cap;
+    }
+    Py_ssize_t at = o->blen;
+    if (esc) {
+        o->blen = unescape(o->bytes + at, p, p + n) - o->bytes;
+    } else {
+        memcpy(o->bytes + at, p, n);
+        o->blen = at + (Py_ssize_t)n;
+    }
+    return emit(em, node, inst, at, (uint32_t)(o->blen - at));
 }
 
 static int emit(emit_t *em, int32_t node, int64_t inst, int64_t a, uint32_t b) {
@@ -425,7 +490,7 @@ static int field_value(scan_t *st, uint32_t kind, uint32_t child, emit_t *em, in
     default:
         return 0;
     }
-    if (ok && em && node >= 0) return emit(em, node, inst, b - base, (uint32_t)n | (esc ? ESCAPED : 0));
+    if (ok && em && node >= 0) return emit_string(em, node, inst, b, n, esc);
     return ok;
 }
 
@@ -584,7 +649,7 @@ done:
     return result;
 }
 
-/* extract(table, names, root, nodes, data, starts, ends, out) -> list of bytes (records per node)
+/* extract(table, names, root, nodes, data, starts, ends, out) -> [(records, bytes)] per node
  *
  * Like check (out: 1 where a line is not canonical), and for the canonical lines, numbered in
  * order from 0, the records of every projected value (see emit). A line found not canonical
@@ -644,6 +709,7 @@ static PyObject *extract(PyObject *self, PyObject *args) {
                 out_t *t = &em.outs[k];
                 if (t->line == i) {
                     t->n = t->mark_n;
+                    t->blen = t->mark_blen;
                     t->items = t->mark_items;
                 }
             }
@@ -657,8 +723,9 @@ static PyObject *extract(PyObject *self, PyObject *args) {
     result = PyList_New(nodes);
     if (!result) goto done;
     for (Py_ssize_t k = 0; k < nodes; k++) {
-        PyObject *b = PyBytes_FromStringAndSize((const char *)em.outs[k].rec,
-                                                em.outs[k].n * (Py_ssize_t)sizeof(rec_t));
+        out_t *t = &em.outs[k];
+        PyObject *b = Py_BuildValue("(y#y#)", t->n ? (const char *)t->rec : "", t->n * (Py_ssize_t)sizeof(rec_t),
+                                    t->blen ? (const char *)t->bytes : "", t->blen);
         if (!b) {
             Py_CLEAR(result);
             goto done;
@@ -667,7 +734,10 @@ static PyObject *extract(PyObject *self, PyObject *args) {
     }
 done:
     if (em.outs) {
-        for (Py_ssize_t k = 0; k < nodes; k++) free(em.outs[k].rec);
+        for (Py_ssize_t k = 0; k < nodes; k++) {
+            free(em.outs[k].rec);
+            free(em.outs[k].bytes);
+        }
         free(em.outs);
     }
     free(next);
@@ -692,79 +762,6 @@ static uint8_t *utf8(uint8_t *w, uint32_t cp) {
         *w++ = (uint8_t)(0x80 | (cp & 0x3F));
     }
     return w;
-}
-
-/* gather(data, records, offsets) -> bytes
- *
- * The string values of a node's records (rec_t), concatenated with their escapes decoded; offsets (int32, one more than the records)
- * receives where each starts. The scanner has checked every escape (no surrogates). */
-static PyObject *gather(PyObject *self, PyObject *args) {
-    Py_buffer data, recs, offs;
-    if (!PyArg_ParseTuple(args, "y*y*w*", &data, &recs, &offs)) return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t n = recs.len / (Py_ssize_t)sizeof(rec_t);
-    const rec_t *r = (const rec_t *)recs.buf;
-    int32_t *off = (int32_t *)offs.buf;
-    const uint8_t *buf = (const uint8_t *)data.buf;
-    if (offs.len < (n + 1) * (Py_ssize_t)sizeof(int32_t)) {
-        PyErr_SetString(PyExc_ValueError, "offsets too short");
-        goto done;
-    }
-    int64_t total = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t len = (int64_t)(r[i].b & ~ESCAPED);
-        if (r[i].a < 0 || r[i].a + len > data.len) {
-            PyErr_SetString(PyExc_ValueError, "record outside the data");
-            goto done;
-        }
-        total += len; /* decoding only shortens */
-    }
-    if (total > INT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "string values over 2 GiB");
-        goto done;
-    }
-    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (!result) goto done;
-    uint8_t *w0 = (uint8_t *)PyBytes_AS_STRING(result), *w = w0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const uint8_t *p = buf + r[i].a, *end = p + (r[i].b & ~ESCAPED);
-        off[i] = (int32_t)(w - w0);
-        if (!(r[i].b & ESCAPED)) {
-            memcpy(w, p, (size_t)(end - p));
-            w += end - p;
-            continue;
-        }
-        while (p < end) {
-            if (*p != '\\') {
-                *w++ = *p++;
-                continue;
-            }
-            uint8_t e = p[1];
-            p += 2;
-            switch (e) {
-            case 'b': *w++ = '\b'; break;
-            case 'f': *w++ = '\f'; break;
-            case 'n': *w++ = '\n'; break;
-            case 'r': *w++ = '\r'; break;
-            case 't': *w++ = '\t'; break;
-            case 'u': {
-                uint32_t cp = 0;
-                for (int k = 0; k < 4; k++) cp = cp * 16 + (uint32_t)hexval(p[k]);
-                p += 4;
-                w = utf8(w, cp);
-                break;
-            }
-            default: *w++ = e; break; /* " \ / */
-            }
-        }
-    }
-    off[n] = (int32_t)(w - w0);
-    if (_PyBytes_Resize(&result, (Py_ssize_t)(w - w0)) < 0) result = NULL;
-done:
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&recs);
-    PyBuffer_Release(&offs);
-    return result;
 }
 
 /* index(data, max_line, prefix) -> (starts, ends, flags): where the lines of a block are and
@@ -882,7 +879,6 @@ static PyMethodDef methods[] = {
     {"check", check, METH_VARARGS, "Mark the lines that are not canonical Hubble flow events."},
     {"extract", extract, METH_VARARGS, "check, and the projected values of the canonical lines."},
     {"index", index_lines, METH_VARARGS, "Where the lines of a block are and which are plain flow objects."},
-    {"gather", gather, METH_VARARGS, "Concatenate (and unescape) the string values of records."},
     {"slot_hash", fnv, METH_VARARGS, "The table hash of a name under an owner (for laying out the table)."},
     {NULL, NULL, 0, NULL},
 };

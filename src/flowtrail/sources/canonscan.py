@@ -220,18 +220,18 @@ class Extractor:
         return bad.view(bool), pa.Table.from_arrays(arrays, schema=self.schema)
 
 
-# one value of a node (rec_t in the C file)
+# one value of a node (rec_t in the C file): a, the instance, b (a string's length)
 _RECORD = np.dtype([("a", "<i8"), ("inst", "<i4"), ("b", "<u4")])
 
 
 class _Builder:
-    def __init__(self, data: Any, nodes: list[_Node], recs: list[bytes]) -> None:
+    def __init__(self, data: Any, nodes: list[_Node], recs: list[tuple[bytes, bytes]]) -> None:
         self.data = data
         self.nodes = nodes
         self.recs = recs
 
     def records(self, node: int) -> np.ndarray:
-        return np.frombuffer(self.recs[node], _RECORD)
+        return np.frombuffer(self.recs[node][0], _RECORD)
 
     def array(self, node: int, n: int, all_valid: bool = False) -> pa.Array:
         """Node ``node`` as an array of ``n`` instances (rows, or items of the enclosing list)."""
@@ -256,13 +256,17 @@ class _Builder:
             values = self.array(spec.item, items, all_valid=True)
             return pa.ListArray.from_arrays(pa.array(offsets), values, type=spec.type, mask=mask)
         if spec.kind == "str":
-            assert _canonscan is not None
-            offs = np.empty(len(rec) + 1, np.int32)
-            blob = _canonscan.gather(self.data, self.recs[node], offs)
+            # the values follow each other in the node's bytes: record i starts at its offset
+            blob = self.recs[node][1]
+            if len(blob) > np.iinfo(np.int32).max:
+                raise OverflowError("string values of one block over 2 GiB")
             if len(inst) == n:
+                offs = np.empty(n + 1, np.int32)
+                offs[:-1] = rec["a"]
+                offs[-1] = len(blob)
                 return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offs), pa.py_buffer(blob)])
             lengths = np.zeros(n, np.int32)
-            lengths[inst] = np.diff(offs)
+            lengths[inst] = rec["b"]
             dense = np.zeros(n + 1, np.int32)
             np.cumsum(lengths, out=dense[1:])
             assert valid is not None
