@@ -73,6 +73,22 @@ static inline uint32_t mix(uint32_t h, uint32_t owner) {
     return h;
 }
 
+/* memcmp for the short names of the table, inlined (a call costs more than the compare). */
+static inline int same(const uint8_t *a, const uint8_t *b, size_t n) {
+    while (n >= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
+        a += 8;
+        b += 8;
+        n -= 8;
+    }
+    while (n--)
+        if (*a++ != *b++) return 0;
+    return 1;
+}
+
 static const slot_t *lookup(const schema_t *s, uint32_t owner, const uint8_t *name, size_t len, uint32_t fnv) {
     uint32_t h = mix(fnv, owner);
     uint32_t i = h & s->mask;
@@ -81,7 +97,7 @@ static const slot_t *lookup(const schema_t *s, uint32_t owner, const uint8_t *na
         if (!sl->owner_plus1)
             return NULL;
         if (sl->hash == h && sl->owner_plus1 == owner + 1 && sl->name_len == len &&
-            memcmp(s->names + sl->name_off, name, len) == 0)
+            same(s->names + sl->name_off, name, len))
             return sl;
         i = (i + 1) & s->mask;
     }
@@ -106,20 +122,34 @@ static inline uint64_t special8(uint64_t w) {
     return (((q - ONES) & ~q) | ((b - ONES) & ~b) | (w - ONES * 0x20) | w) & HIGHS;
 }
 
+/* The first byte from p on that is '"', '\\', a control or a non-ASCII byte (or end). */
+static inline const uint8_t *skip_plain(const uint8_t *p, const uint8_t *end) {
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), lim = _mm_set1_epi8(0x20);
+    while (end - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                                   _mm_cmplt_epi8(v, lim)); /* signed: bytes above 0x7f are below 0x20 */
+        int m = _mm_movemask_epi8(hit);
+        if (m) return p + __builtin_ctz((unsigned)m);
+        p += 16;
+    }
+#endif
+    while (end - p >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        if (special8(w)) break;
+        p += 8;
+    }
+    return p;
+}
+
 static int string(scan_t *st, const uint8_t **body, size_t *len, uint32_t *fnv, int *escaped) {
     const uint8_t *p = st->p + 1, *end = st->end;
     uint32_t h = FNV_OFFSET;
     int esc = 0;
     const uint8_t *start = p;
-    if (!fnv) {
-        /* a value: its bytes are not hashed, so plain runs are skipped a word at a time */
-        while (end - p >= 8) {
-            uint64_t w;
-            memcpy(&w, p, 8);
-            if (special8(w)) break;
-            p += 8;
-        }
-    }
+    if (!fnv) p = skip_plain(p, end); /* a value: its bytes are not hashed, plain runs are skipped */
     while (p < end) {
         uint8_t c = *p;
         if (c == '"') {
@@ -146,6 +176,7 @@ static int string(scan_t *st, const uint8_t **body, size_t *len, uint32_t *fnv, 
                 }
                 if (v >= 0xD800 && v <= 0xDFFF) return 0; /* surrogates: leave pairing to the exact path */
                 p += 6;
+                if (!fnv) p = skip_plain(p, end);
                 continue;
             }
             if (e != '"' && e != '\\' && e != '/' && e != 'b' && e != 'f' && e != 'n' && e != 'r' && e != 't')
@@ -153,25 +184,19 @@ static int string(scan_t *st, const uint8_t **body, size_t *len, uint32_t *fnv, 
             h = (h ^ c) * FNV_PRIME;
             h = (h ^ e) * FNV_PRIME;
             p += 2;
+            if (!fnv) p = skip_plain(p, end);
             continue;
         }
         h = (h ^ c) * FNV_PRIME;
         p++;
-        if (!fnv) {
-            while (end - p >= 8) {
-                uint64_t w;
-                memcpy(&w, p, 8);
-                if (special8(w)) break;
-                p += 8;
-            }
-        }
+        if (!fnv) p = skip_plain(p, end);
     }
     return 0;
 }
 
 /* Digits of a canonical non-zero integer (no sign, no leading zero) within max. */
 static int digits_upto(const uint8_t *d, size_t n, const char *max) {
-    size_t mlen = strlen(max);
+    size_t mlen = __builtin_strlen(max); /* a literal: folded by the compiler once inlined */
     if (n == 0 || d[0] < '1' || d[0] > '9') return 0;
     for (size_t i = 0; i < n; i++)
         if (d[i] < '0' || d[i] > '9') return 0;
@@ -242,9 +267,10 @@ static int number(scan_t *st, const uint8_t **body, size_t *len) {
     return 1;
 }
 
-static int literal(scan_t *st, const char *word) {
-    size_t n = strlen(word);
-    if ((size_t)(st->end - st->p) < n || memcmp(st->p, word, n) != 0) return 0;
+#define literal(st, word) literal_n(st, word, sizeof(word) - 1)
+
+static int literal_n(scan_t *st, const char *word, size_t n) {
+    if ((size_t)(st->end - st->p) < n || !same(st->p, (const uint8_t *)word, n)) return 0;
     st->p += n;
     return 1;
 }
@@ -517,7 +543,7 @@ static int message(scan_t *st, uint32_t msg, emit_t *em, int64_t inst) {
             const uint8_t *q = st->p + 1;
             size_t len = g->name_len;
             if (g->owner_plus1 == msg + 1 && (size_t)(st->end - q) > len && q[len] == '"' &&
-                memcmp(q, s->names + g->name_off, len) == 0) {
+                same(q, s->names + g->name_off, len)) {
                 f = g;
                 st->p = q + len + 1;
             }
