@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,8 +30,13 @@ def run(cmd: list[str]) -> tuple[float, int, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     lines = 0
-    while chunk := proc.stdout.read(1 << 20):
-        lines += chunk.count(b"\n")
+    # the counting reader shares the two cores with the tool measured: it reads into one buffer
+    # and counts with numpy (~0.1 s per GB; bytes.count ran at ~1.4 GB/s, a second core's worth)
+    buf = bytearray(1 << 20)
+    view = np.frombuffer(buf, np.uint8)
+    fd = proc.stdout.fileno()
+    while got := os.readv(fd, [buf]):
+        lines += int(np.count_nonzero(view[:got] == 10))
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) not in (0, 1):
