@@ -617,68 +617,13 @@ static int canonical_line(const schema_t *s, const uint8_t *base, const uint8_t 
     return st.p == end;
 }
 
-/* check(table, names, root, data, starts, ends, out) -> number of lines not canonical
- *
- * table: bytes of slot_t (a power of two of them); names: the bytes slots point into; root: the
- * envelope message id; data: the block; starts/ends: int64 offsets of the lines to check; out:
- * uint8 per line, set to 1 where the line is not canonical, 0 where it is. */
-static PyObject *check(PyObject *self, PyObject *args) {
-    Py_buffer table, names, data, starts, ends, out;
-    unsigned int root;
-    if (!PyArg_ParseTuple(args, "y*y*Iy*y*y*w*", &table, &names, &root, &data, &starts, &ends, &out))
-        return NULL;
-    PyObject *result = NULL;
-    int32_t *next = NULL;
-    Py_ssize_t nslots = table.len / (Py_ssize_t)sizeof(slot_t);
-    Py_ssize_t count = starts.len / 8;
-    if (nslots == 0 || (nslots & (nslots - 1)) || table.len % (Py_ssize_t)sizeof(slot_t)) {
-        PyErr_SetString(PyExc_ValueError, "table size must be a power of two of slots");
-        goto done;
-    }
-    if (ends.len != starts.len || out.len < count) {
-        PyErr_SetString(PyExc_ValueError, "starts, ends and out must describe the same lines");
-        goto done;
-    }
-    next = (int32_t *)malloc((size_t)nslots * 2 * sizeof(int32_t));
-    if (!next) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    memset(next, 0xFF, (size_t)nslots * 2 * sizeof(int32_t));
-    schema_t s = {(const slot_t *)table.buf, (uint32_t)(nslots - 1), (const uint8_t *)names.buf, root, next};
-    const int64_t *st = (const int64_t *)starts.buf, *en = (const int64_t *)ends.buf;
-    const uint8_t *buf = (const uint8_t *)data.buf;
-    uint8_t *o = (uint8_t *)out.buf;
-    Py_ssize_t bad = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (st[i] < 0 || en[i] < st[i] || en[i] > data.len) {
-            PyErr_SetString(PyExc_ValueError, "line offsets outside the data");
-            goto done;
-        }
-    }
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < count; i++) {
-        int ok = canonical_line(&s, buf, buf + st[i], buf + en[i], NULL, 0);
-        o[i] = (uint8_t)!ok;
-        bad += !ok;
-    }
-    Py_END_ALLOW_THREADS
-    result = PyLong_FromSsize_t(bad);
-done:
-    free(next);
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&names);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&starts);
-    PyBuffer_Release(&ends);
-    PyBuffer_Release(&out);
-    return result;
-}
-
 /* extract(table, names, root, nodes, data, starts, ends, out) -> [(records, bytes)] per node
  *
- * Like check (out: 1 where a line is not canonical), and for the canonical lines, numbered in
- * order from 0, the records of every projected value (see emit). A line found not canonical
+ * table: bytes of slot_t (a power of two of them); names: the bytes slots point into; root: the
+ * envelope message id; nodes: how many output nodes the table's slots name (0: only check);
+ * data: the block; starts/ends: int64 offsets of the lines to scan; out: uint8 per line, set to 1
+ * where the line is not canonical, 0 where it is. For the canonical lines, numbered in order
+ * from 0, the records of every projected value (see emit). A line found not canonical
  * half-way leaves no records: each line's records are rolled back when it fails. */
 static PyObject *extract(PyObject *self, PyObject *args) {
     Py_buffer table, names, data, starts, ends, out;
@@ -902,8 +847,8 @@ static PyObject *fnv(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"check", check, METH_VARARGS, "Mark the lines that are not canonical Hubble flow events."},
-    {"extract", extract, METH_VARARGS, "check, and the projected values of the canonical lines."},
+    {"extract", extract, METH_VARARGS, "Mark the lines that are not canonical Hubble flow events; "
+                                       "the projected values of the others."},
     {"index", index_lines, METH_VARARGS, "Where the lines of a block are and which are plain flow objects."},
     {"slot_hash", fnv, METH_VARARGS, "The table hash of a name under an owner (for laying out the table)."},
     {NULL, NULL, 0, NULL},
