@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +22,12 @@ BUNDLED = REPO / "src" / "flowtrail" / "data"
 def _utc() -> None:
     os.environ["TZ"] = "UTC"
     time.tzset()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Any]]:
+    """Servers a test starts (anything with stop()), stopped after it whatever its outcome."""
+    made: list[Any] = []
+    yield made
+    for s in made:
+        s.stop()

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -237,14 +237,6 @@ class HecHandler(_Handler):
         with self.server.lock:
             self.server.events += events
         self.reply(200, {"text": "Success", "code": 0})
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
-    yield made
-    for s in made:
-        s.stop()
 
 
 def es_entry(url: str, **kw: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,6 @@ SPOOL = "export-spool"
 @pytest.fixture(scope="module")
 def lines() -> list[bytes]:
     return load_lines()
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
-    yield made
-    for s in made:
-        s.stop()
 
 
 def hec_entry(url: str, **kw: Any) -> dict[str, Any]:

@@ -19,14 +19,11 @@ from typing import Any
 import orjson
 import pytest
 
-from flowtrail.detect.baseline import Baseline
-from flowtrail.detect.conditions import needs_baseline, needs_policy
 from flowtrail.detect.engine import Engine
 from flowtrail.detect.features import Enrichment
-from flowtrail.detect.fixtures import fixture_dir
+from flowtrail.detect.fixtures import engine_for, fixture_dir
 from flowtrail.detect.rules import Rule, apply_config, load_rules
 from flowtrail.detect.state import FORMAT, STATE_FILE, VERSION, Checkpoints
-from flowtrail.enrich.intel import Intel
 from flowtrail.monitor.config import ConfigError
 from flowtrail.sources.decode import Decoder
 from tests.helpers import free_port
@@ -274,25 +271,6 @@ def test_changed_rules_lose_their_state_the_others_keep_it(scan_capture: Path, c
     assert again.t_max == eng.t_max
 
 
-def _engine_for(rule: Rule, fixtures: Path) -> Engine:
-    """An engine as `flowtrail rules test` builds it for a rule's fixtures (intel, baseline, policies)."""
-    intel = Intel.load([fixtures / "intel.txt"]) if rule.category == "threat-intel" else Intel()
-    if "ip_needles" in rule.tunables:
-        rule.tunables["ip_needles"]["value"] = [f'"{ip}"' for ip in intel.ips] if not intel.nets else "all"
-    if "domain_needles" in rule.tunables:
-        rule.tunables["domain_needles"]["value"] = list(intel.domains)
-    baseline = Baseline.load(fixtures / "baseline.json") if needs_baseline(rule) else None
-    policy = None
-    if needs_policy(rule):
-        from flowtrail.policy.endpoints import Inventory
-        from flowtrail.policy.evaluate import Evaluator
-        from flowtrail.policy.load import load_policies
-        from flowtrail.policy.replay import Replayer
-        inv = Inventory()
-        policy = Replayer(Evaluator(load_policies([str(fixtures / "policies")]), "kubernetes", inv), inv)
-    return Engine([rule], Enrichment(intel=intel), baseline, policy)
-
-
 def test_every_rule_restarted_after_every_batch_equals_one_run() -> None:
     """Each built-in rule over its positive fixture in batches of 250 flows, its engine saved to a
     state document and replaced by a fresh one loaded from it after every batch: the alerts sent
@@ -303,7 +281,7 @@ def test_every_rule_restarted_after_every_batch_equals_one_run() -> None:
             continue
         rule.enabled = True
         d = fixture_dir(rule)
-        base = _engine_for(rule, d)
+        base = engine_for(rule, d)
         if not base.rules:
             continue
         functions.add(rule.aggregate["function"])
@@ -311,7 +289,7 @@ def test_every_rule_restarted_after_every_batch_equals_one_run() -> None:
         assert table is not None
 
         def run(restart: bool, rule: Rule = rule, d: Path = d, table: Any = table) -> tuple[list[Any], list[Any]]:
-            eng = _engine_for(rule, d)
+            eng = engine_for(rule, d)
             sent = []
             for off in range(0, table.num_rows, 250):
                 eng.process(table.slice(off, 250))
@@ -320,7 +298,7 @@ def test_every_rule_restarted_after_every_batch_equals_one_run() -> None:
                 if restart:
                     doc = orjson.loads(orjson.dumps({**eng.dump_state(), "format": FORMAT, "version": VERSION},
                                                     option=orjson.OPT_SERIALIZE_NUMPY))
-                    eng = _engine_for(rule, d)
+                    eng = engine_for(rule, d)
                     restored, dropped = eng.load_state(doc)
                     assert restored == 1 and not dropped
             return sent, [a.to_json() for a in eng.handed_out()]

@@ -49,7 +49,9 @@ def fixture_dir(rule: Rule) -> Path:
     return Path(src).parent / "fixtures"
 
 
-def run_rule_on(rule: Rule, path: Path, fixtures: Path, batch_lines: int | None = None) -> list[Alert]:
+def engine_for(rule: Rule, fixtures: Path) -> Engine:
+    """The engine a rule's fixtures run on: with the fixture directory's intel, baseline and
+    policies where the rule needs them."""
     intel = Intel.load([fixtures / "intel.txt"]) if rule.category == "threat-intel" else Intel()
     enrichment = Enrichment(intel=intel)
     if "ip_needles" in rule.tunables:
@@ -65,7 +67,11 @@ def run_rule_on(rule: Rule, path: Path, fixtures: Path, batch_lines: int | None 
         from flowtrail.policy.replay import Replayer
         inv = Inventory()
         policy = Replayer(Evaluator(load_policies([str(fixtures / "policies")]), "kubernetes", inv), inv)
-    engine = Engine([rule], enrichment, baseline, policy)
+    return Engine([rule], enrichment, baseline, policy)
+
+
+def run_rule_on(rule: Rule, path: Path, fixtures: Path, batch_lines: int | None = None) -> list[Alert]:
+    engine = engine_for(rule, fixtures)
     decoder = Decoder(engine.paths)
     engine.start_at(first_time_ns(Input(str(path))))
     for b in batches([Input(str(path))], decoder, engine.prefilter(), workers=1):
