@@ -275,6 +275,19 @@ static int literal_n(scan_t *st, const char *word, size_t n) {
     return 1;
 }
 
+/* After a value in an object or list: 1 at a ',' (another value follows), 0 at the closing
+ * bracket (consumed), -1 at anything else. */
+static inline int after_value(scan_t *st, uint8_t close) {
+    if (st->p >= st->end) return -1;
+    if (*st->p == ',') {
+        st->p++;
+        return 1;
+    }
+    if (*st->p != close) return -1;
+    st->p++;
+    return 0;
+}
+
 static int any_value(scan_t *st);
 
 /* Any valid compact JSON value (google.protobuf.Any and other free-form fields). */
@@ -306,13 +319,9 @@ static int any_value(scan_t *st) {
             st->p++;
         }
         if (!any_value(st)) return 0;
-        if (st->p >= st->end) return 0;
-        if (*st->p == ',') {
-            st->p++;
-            continue;
-        }
-        if (*st->p != close) return 0;
-        st->p++;
+        int more = after_value(st, close);
+        if (more < 0) return 0;
+        if (more) continue;
         st->depth--;
         return 1;
     }
@@ -398,13 +407,7 @@ static int emit(emit_t *em, int32_t node, int64_t inst, int64_t a, uint32_t b);
 /* A string value: copied (decoded) into the node's bytes while its line is in the cache; the
  * record holds its offset there and its length. */
 static int emit_string(emit_t *em, int32_t node, int64_t inst, const uint8_t *p, size_t n, int esc) {
-    out_t *o = &em->outs[node];
-    if (o->line != em->line) {
-        o->line = em->line;
-        o->mark_n = o->n;
-        o->mark_blen = o->blen;
-        o->mark_items = o->items;
-    }
+    out_t *o = touch(em, node);
     if (o->blen + (Py_ssize_t)n > o->bcap) {
         Py_ssize_t cap = o->bcap ? o->bcap * 2 : 1 << 16;
         while (cap < o->blen + (Py_ssize_t)n) cap *= 2;
@@ -584,26 +587,17 @@ static int message(scan_t *st, uint32_t msg, emit_t *em, int64_t inst) {
                     return 0;
                 }
                 count++;
-                if (st->p >= st->end) return 0;
-                if (*st->p == ',') {
-                    st->p++;
-                    continue;
-                }
-                if (*st->p != ']') return 0;
-                st->p++;
-                break;
+                int more = after_value(st, ']');
+                if (more < 0) return 0;
+                if (!more) break;
             }
             if (node >= 0 && !emit(em, node, inst, count, 0)) return 0;
         } else if (!field_value(st, f->kind, f->child, node >= 0 ? em : NULL, node, inst)) {
             return 0;
         }
-        if (st->p >= st->end) return 0;
-        if (*st->p == ',') {
-            st->p++;
-            continue;
-        }
-        if (*st->p != '}') return 0;
-        st->p++;
+        int more = after_value(st, '}');
+        if (more < 0) return 0;
+        if (more) continue;
         st->depth--;
         return 1;
     }
