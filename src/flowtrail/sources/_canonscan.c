@@ -58,7 +58,6 @@ typedef struct {
     const uint8_t *end;
     const schema_t *s;
     int depth;
-    const uint8_t *base; /* the block: emitted offsets are relative to it */
 } scan_t;
 
 #define MAX_DEPTH 48
@@ -111,7 +110,7 @@ static int hexval(uint8_t c) {
 }
 
 /* A JSON string starting at the opening quote. On success the cursor is past the closing quote,
- * *body/*len describe the raw bytes between the quotes, *fnv their hash and *escaped whether
+ * *body and *len describe the raw bytes between the quotes, *fnv their hash and *escaped whether
  * they hold an escape (then the raw bytes are not the value). */
 #define ONES 0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
@@ -294,7 +293,6 @@ static int any_value(scan_t *st);
 static int any_value(scan_t *st) {
     const uint8_t *b;
     size_t n;
-    uint32_t h;
     int esc;
     if (st->p >= st->end) return 0;
     uint8_t c = *st->p;
@@ -466,7 +464,6 @@ static int field_value(scan_t *st, uint32_t kind, uint32_t child, emit_t *em, in
     int esc;
     if (st->p >= st->end) return 0;
     uint8_t c = *st->p;
-    const uint8_t *base = st->base;
     int ok;
     switch (kind) {
     case K_STR:
@@ -603,9 +600,8 @@ static int message(scan_t *st, uint32_t msg, emit_t *em, int64_t inst) {
     }
 }
 
-static int canonical_line(const schema_t *s, const uint8_t *base, const uint8_t *p, const uint8_t *end,
-                          emit_t *em, int64_t row) {
-    scan_t st = {p, end, s, 0, base};
+static int canonical_line(const schema_t *s, const uint8_t *p, const uint8_t *end, emit_t *em, int64_t row) {
+    scan_t st = {p, end, s, 0};
     if (p >= end || *p != '{') return 0;
     if (!message(&st, s->root, em, row)) return 0;
     return st.p == end;
@@ -665,7 +661,7 @@ static PyObject *extract(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < count && !em.failed; i++) {
         em.line = i;
-        int ok = canonical_line(&s, buf, buf + st[i], buf + en[i], &em, row);
+        int ok = canonical_line(&s, buf + st[i], buf + en[i], &em, row);
         o[i] = (uint8_t)!ok;
         if (ok) {
             row++;
@@ -848,6 +844,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_canonscan", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_canonscan", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__canonscan(void) { return PyModule_Create(&module); }
