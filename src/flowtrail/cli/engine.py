@@ -177,7 +177,8 @@ _BUFFER = bytearray()
 def _work(args: tuple[str, int, int]) -> BlockResult:
     path, start, end = args
     assert _WORKER is not None
-    mapped = MappedRange(path, start, end) if _MAP_FILES else None
+    # mapped when the C scanner reads the block; the Arrow fallback's checks search bytes objects
+    mapped = MappedRange(path, start, end) if canonscan.AVAILABLE else None
     # the result holds no reference to the data once sent, so the next block reuses the buffer
     data = mapped.view if mapped is not None else read_range_into(path, start, end, _BUFFER)
     try:
@@ -193,19 +194,6 @@ def _work(args: tuple[str, int, int]) -> BlockResult:
         if mapped is not None:
             mapped.close()
     return res
-
-
-def _can_map() -> bool:
-    """Workers map their ranges when every step reads a memoryview: the C scanner and Hyperscan
-    (the fallbacks search bytes objects)."""
-    try:
-        import hyperscan  # noqa: F401
-    except ImportError:
-        return False
-    return canonscan.AVAILABLE
-
-
-_MAP_FILES = False
 
 
 def run_input(proc: BlockProcessor, inp: Input, workers: int | None = None) -> Iterator[BlockResult]:
@@ -229,17 +217,16 @@ TASKS_PER_WORKER = 4
 
 def _grouped(ranges: list[tuple[int, int]], nproc: int) -> list[tuple[int, int]]:
     """Runs of up to MAX_GROUP consecutive ranges joined into one, as long as every worker still
-    gets TASKS_PER_WORKER tasks or more. A task has fixed costs, paid once per group: with a
-    selective filter ~6 ms of a 16 MB block's ~30 ms, mostly RE2 compiling the canonical-spelling
-    pattern (which Arrow does on every call). A few tasks per worker keep the last ones short."""
+    gets TASKS_PER_WORKER tasks or more. A task has fixed costs (a mapping, building the result;
+    without the C scanner, mostly RE2 compiling the canonical-spelling pattern, ~6 ms, which Arrow
+    does on every call), paid once per group. A few tasks per worker keep the last ones short."""
     size = max(1, min(MAX_GROUP, len(ranges) // (TASKS_PER_WORKER * nproc)))
     return [(ranges[i][0], ranges[min(i + size, len(ranges)) - 1][1]) for i in range(0, len(ranges), size)]
 
 
 def _run_parallel(proc: BlockProcessor, inp: Input, nproc: int) -> Iterator[BlockResult]:
-    global _WORKER, _MAP_FILES
+    global _WORKER
     _WORKER = proc
-    _MAP_FILES = _can_map()
     ranges = _grouped(split_ranges(inp.path), nproc)
     line = 1
     # not closed here: results kept for --last still read from it

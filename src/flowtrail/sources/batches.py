@@ -127,19 +127,13 @@ def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
 def _work(args: tuple[str, int, int]) -> Batch:
     assert _JOB is not None
     path, start, end = args
-    if not _can_map(_JOB):
+    if not canonscan.AVAILABLE:  # the Arrow fallback's checks search bytes objects
         return _decode(_JOB, read_range(path, start, end), path, 1)
     mapped = MappedRange(path, start, end)  # not copied: see MappedRange
     try:
         return _decode(_JOB, mapped.view, path, 1)  # type: ignore[arg-type]  # read as bytes
     finally:
         mapped.close()
-
-
-def _can_map(job: _Job) -> bool:
-    """A mapped range (a memoryview) is read by the C scanner and Hyperscan; the fallbacks need
-    bytes."""
-    return canonscan.AVAILABLE and (job.regex is None or job.hs_db is not None)
 
 
 def batches(inputs: Sequence[Input], decoder: Decoder,

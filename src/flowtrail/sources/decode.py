@@ -107,13 +107,13 @@ class Rows:
     :class:`FileSpans` from offset ``base``); a worker process sends them without the data."""
 
     def __init__(self, data: bytes | bytearray | memoryview | FileSpans | None, starts: np.ndarray, ends: np.ndarray,
-                 replaced: dict[int, bytes], base: int = 0) -> None:
+                 replaced: dict[int, bytes], base: int = 0, own: bool = False) -> None:
         self.data = data
         self.starts = starts  # int64, -1 where the row is in ``replaced``
         self.ends = ends
         self.replaced = replaced
         self.base = base
-        self.own = False  # data is these rows' own buffer (inline), sent along between processes
+        self.own = own  # data is these rows' own buffer (inline), sent along between processes
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -141,16 +141,10 @@ class Rows:
         """The same rows with their bytes held here (for a few rows sent between processes), as
         consecutive lines of one buffer: the receiver writes them with one call."""
         parts = [self[i] for i in range(len(self))]
-        if not parts:
-            empty = Rows(b"", np.zeros(0, np.int64), np.zeros(0, np.int64), {})
-            empty.own = True
-            return empty
         lengths = np.fromiter(map(len, parts), np.int64, len(parts))
         starts = np.zeros(len(parts), np.int64)
         np.cumsum(lengths[:-1] + 1, out=starts[1:])
-        rows = Rows(b"\n".join(parts) + b"\n", starts, starts + lengths, {})
-        rows.own = True
-        return rows
+        return Rows(b"\n".join(parts) + b"\n", starts, starts + lengths, {}, own=True)
 
     def take(self, idx: np.ndarray) -> Rows:
         """Rows ``idx`` (increasing), renumbered from 0."""
@@ -684,10 +678,12 @@ def _lines_holding(ix: _Index, sets: Sequence[tuple[bytes, ...]]) -> list[np.nda
         line, which = pairs // len(sets), pairs % len(sets)
         return [line[which == k] for k in range(len(sets))]
     out = []
+    # (a mapped file range has no find(): this fallback, for a pattern Hyperscan refused, copies it)
+    text = bytes(ix.data) if isinstance(ix.data, memoryview) else ix.data
     for needles in sets:
         hits: list[int] = []
         for needle in needles:
-            _occurrences(ix.data, needle, hits)
+            _occurrences(text, needle, hits)
         out.append(np.unique(ix.lines_of(hits)))
     return out
 
