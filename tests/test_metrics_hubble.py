@@ -829,3 +829,24 @@ def test_rules_file_is_valid_yaml() -> None:
         assert alerts[name]["annotations"]["summary"] and alerts[name]["annotations"]["description"]
     for r in alerts.values():
         assert {"summary", "description"} <= set(r["annotations"]) and r["labels"]["severity"]
+
+
+def test_labels_holding_the_join_separator(lab_lines: list[bytes]) -> None:
+    """Label-derived contexts (identity, app, reserved-identity) are computed once per distinct
+    label set, found by joining each list with U+001F; a batch where a label holds that character
+    must still count each flow under its own labels (the columnar fallback)."""
+    lines = list(lab_lines[:4000])
+    marked = 0
+    for i in range(0, len(lines), 7):
+        if b'"k8s:app=' in lines[i]:
+            lines[i] = lines[i].replace(b'"k8s:app=', b'"k8s:app=x\\u001f', 1)
+            marked += 1
+    assert marked > 100
+    specs = [*SPEC_SETS["directional"], "tcp:sourceContext=app;destinationContext=identity",
+             "policy:sourceContext=app|reserved-identity;destinationContext=identity"]
+    oracle = Oracle(specs)
+    oracle.feed(lines)
+    _, reg = run(specs, lines, chunk=500)
+    got = registry_values(reg)
+    assert_same(got, oracle.values)
+    assert any("\x1f" in v for k in got for _, v in k[1])

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.metrics.columns import FlowView, choose, const
+from flowtrail.metrics.columns import FlowView, choose, const, per_list
 
 IDENTIFIERS = ("identity", "namespace", "pod", "pod-name", "pod-short", "dns", "ip", "reserved-identity",
                "workload", "workload-name", "app")
@@ -213,7 +213,8 @@ def identifier_value(view: FlowView, ident: str, side: str) -> pa.Array:
     if ident == "namespace":
         return view.text(f"{side}.namespace")
     if ident == "identity":
-        return view.joined(f"{side}.labels")
+        got = per_list(view, f"{side}.labels", "identity", ",".join)
+        return got if got is not None else view.joined(f"{side}.labels")
     if ident in ("pod", "pod-short"):
         pod = view.text(f"{side}.pod_name")
         if ident == "pod-short":
@@ -242,7 +243,26 @@ def _with_namespace(view: FlowView, side: str, value: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(ns, ""), value, pc.binary_join_element_wise(ns, value, "/"))
 
 
+def _reserved_of(labels: list[str]) -> str:
+    if KUBE_APISERVER in labels:
+        return KUBE_APISERVER
+    return next((lab for lab in labels if lab.startswith("reserved:")), "")
+
+
+def _app_of(labels: list[str]) -> str:
+    for key in APP_LABELS:
+        prefix = key + "="
+        for lab in labels:
+            # a label with an empty value does not count (Hubble skips it)
+            if lab.startswith(prefix) and len(lab) > len(prefix):
+                return lab[len(prefix):]
+    return ""
+
+
 def reserved_identity(view: FlowView, side: str) -> pa.Array:
+    got = per_list(view, f"{side}.labels", "reserved", _reserved_of)
+    if got is not None:
+        return got
     flat, _ = view.flat(f"{side}.labels")
     is_reserved = np.asarray(pc.fill_null(pc.starts_with(flat, "reserved:"), False).to_numpy(zero_copy_only=False),
                              bool)
@@ -253,6 +273,9 @@ def reserved_identity(view: FlowView, side: str) -> pa.Array:
 
 def app_label(view: FlowView, side: str) -> pa.Array:
     """The app name from the endpoint's labels, by the priority Cilium documents."""
+    got = per_list(view, f"{side}.labels", "app", _app_of)
+    if got is not None:
+        return got
     flat, _ = view.flat(f"{side}.labels")
     flat = pc.fill_null(flat, "")
     result: pa.Array | None = None

@@ -304,6 +304,7 @@ class DropHandler(Handler):
         rows = valid & is_verdict(view, "DROPPED")
         if not rows.any():
             return
+        view, rows = view.select(rows)
         cols = [*self.ctx.values(view), view.text("drop_reason_desc", "DROP_REASON_UNKNOWN"), flow_protocol(view)]
         _inc(self.drops, group_counts(cols, rows))
 
@@ -332,6 +333,7 @@ class DnsHandler(Handler):
         rows = valid & view.present("l7.dns")
         if not rows.any():
             return
+        view, rows = view.select(rows)
         qtypes = view.joined("l7.dns.qtypes")
         if self.ignore_aaaa:
             rows &= ~np.asarray(pc.equal(qtypes, "AAAA").to_numpy(zero_copy_only=False), bool)
@@ -372,6 +374,7 @@ class TcpHandler(Handler):
         rows = valid & is_verdict(view, "FORWARDED", "REDIRECTED") & view.present("l4.TCP.flags") & view.present("IP")
         if not rows.any():
             return
+        view, rows = view.select(rows)
         family = view.text("IP.ipVersion", "IP_NOT_USED")
         ctx = self.ctx.values(view)
         syn, ack = view.flag("l4.TCP.flags.SYN"), view.flag("l4.TCP.flags.ACK")
@@ -392,6 +395,8 @@ class IcmpHandler(Handler):
         v4, v6 = valid & view.present("l4.ICMPv4"), valid & view.present("l4.ICMPv6")
         if not (v4.any() or v6.any()):
             return
+        view, rows = view.select(v4 | v6)
+        v4, v6 = rows & view.present("l4.ICMPv4"), rows & view.present("l4.ICMPv6")
         ctx = self.ctx.values(view)
         for family, name, rows in ((4, "IPv4", v4), (6, "IPv6", v6)):
             if not rows.any():
@@ -419,6 +424,8 @@ class PortDistributionHandler(Handler):
         rows = valid & is_verdict(view, "FORWARDED", "REDIRECTED") & (member >= 0) & known_request
         if not rows.any():
             return
+        view, rows = view.select(rows)
+        member = l4_member(view)
         port = np.zeros(view.n, np.int64)
         for i, m in enumerate(_L4_MEMBERS):
             if m in ("TCP", "UDP", "SCTP"):
@@ -448,6 +455,8 @@ class PolicyHandler(Handler):
         rows = l34 | l7
         if not rows.any():
             return
+        view, rows = view.select(rows)
+        l7 = rows & (view.integer("event_type.type") == EVENT_L7)
         direction = pc.utf8_lower(view.text("traffic_direction", "TRAFFIC_DIRECTION_UNKNOWN"))
         l34_match = lookup(view.integer("policy_match_type"), POLICY_MATCH)
         l7_match = lookup(l7_kind(view), {0: "l7/", 1: "l7/dns", 2: "l7/http", 3: "l7/kafka"})
@@ -485,6 +494,8 @@ class FlowsToWorldHandler(Handler):
             rows &= view.flag("l4.TCP.flags.SYN") & ~reply
         if not rows.any():
             return
+        view, rows = view.select(rows)
+        member = l4_member(view)
         cols = [flow_protocol(view), verdict(view)]
         if self.port:
             port = np.full(view.n, -1, np.int64)
@@ -592,6 +603,7 @@ class HttpHandler(Handler):
         http = valid & view.present("l7.http")
         if not http.any():
             return
+        view, http = view.select(http)
         l7type = view.text("l7.type", "UNKNOWN_L7_TYPE")
         requests = http & np.asarray(pc.equal(l7type, "REQUEST").to_numpy(zero_copy_only=False), bool)
         responses = http & np.asarray(pc.equal(l7type, "RESPONSE").to_numpy(zero_copy_only=False), bool)
@@ -671,6 +683,7 @@ class KafkaHandler(Handler):
         rows = valid & view.present("l7.kafka") & view.equals("l7.type", "REQUEST", "UNKNOWN_L7_TYPE")
         if not rows.any():
             return
+        view, rows = view.select(rows)
         ctx = self.ctx.values(view)
         topic, api_key = view.text("l7.kafka.topic"), view.text("l7.kafka.api_key")
         # an int32 in decimal (strconv.Itoa); an older agent wrote string(rune(code)), a bug
@@ -707,6 +720,8 @@ class SctpHandler(Handler):
                 & ~view.equals(SCTP_CHUNK_TYPE, "UNSUPPORTED", "UNSUPPORTED"))
         if not rows.any():
             return
+        view, rows = view.select(rows)
+        chunk = view.text(SCTP_CHUNK_TYPE, "UNSUPPORTED")
         family = view.text("IP.ipVersion", "IP_NOT_USED")
         _inc(self.chunks, group_counts([chunk, family, *self.ctx.values(view)], rows))
 
