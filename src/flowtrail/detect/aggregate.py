@@ -7,20 +7,23 @@ of the group joins it until the suppression interval has passed. State carried b
 is bounded (window tails, value→last-seen maps within the timespan), so feeding a file as one
 batch or as many small ones gives the same alerts.
 
-Work is per group with numpy (`event_count`, `baseline_rate`, `match`); `value_count` and
-`rate_spike` step through the group's rows because a sliding distinct count has no closed
-vectorized form, but they only ever see rows their rule selected (drops, DNS answers), not the
-flow stream.
+Work is per group with numpy. `value_count` and `rate_spike` are defined by stepping through a
+group's rows (their state is a recency-ordered map and a window of times); when the carried state
+and the rows are in time order, as a stream in order delivers them, they compute the same with
+numpy, and step only through small groups and rows that arrive out of order.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from flowtrail.detect.alerts import EVIDENCE_LIMIT, Alert, entity_of
 from flowtrail.detect.baseline import MINUTE_NS, Baseline
@@ -48,6 +51,61 @@ class Group:
     times: np.ndarray
 
 
+class FieldValues:
+    """The aggregated field (value_count) at the rows a rule selected in a batch: per row the
+    index of its value among the batch's distinct values (-1: null), so that counting needs no
+    Python object per row."""
+
+    def __init__(self, values: pa.Array | pa.ChunkedArray | list[Any]) -> None:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if isinstance(values, pa.Array) and (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+                                             or pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)):
+            # values of these types are equal in Arrow exactly when they are equal, and alike, in
+            # Python: any of equal values may stand for the others
+            enc = pc.dictionary_encode(values)
+            self.codes = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+            self.distinct: list[Any] = enc.dictionary.to_pylist()
+            self.exact = True
+        else:
+            # Python's own equality (floats: -0.0 == 0.0, no NaN equals another), where equal
+            # values may still differ: only stepping through them keeps each one as it came
+            objects = values.to_pylist() if isinstance(values, pa.Array) else list(values)
+            ids: dict[Any, int] = {}
+            self.codes = np.array([-1 if v is None else ids.setdefault(v, len(ids)) for v in objects], dtype=np.int64)
+            self.distinct = list(ids)
+            self.objects = objects
+            self.exact = False
+        self._index: dict[Any, int] | None = None
+
+    def index(self) -> dict[Any, int]:
+        """Distinct value -> its code."""
+        if self._index is None:
+            self._index = {v: i for i, v in enumerate(self.distinct)}
+        return self._index
+
+    def at(self, rows: np.ndarray) -> GroupValues:
+        return GroupValues(self, self.codes[rows], rows)
+
+
+@dataclass
+class GroupValues:
+    """FieldValues at the rows of one group."""
+
+    field: FieldValues
+    codes: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def tolist(self) -> list[Any]:
+        if not self.field.exact:
+            return [self.field.objects[i] for i in self.rows.tolist()]
+        distinct = self.field.distinct
+        return [None if c < 0 else distinct[c] for c in self.codes.tolist()]
+
+
 class Aggregator:
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
@@ -55,8 +113,12 @@ class Aggregator:
         self.values: np.ndarray = np.zeros(0, dtype=np.int64)
         self.starts: np.ndarray = np.zeros(0, dtype=np.int64)  # earliest time in the window per row
 
-    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:  # pragma: no cover - abstract
+    def candidates(self, g: Group, values: GroupValues | list[Any] | None) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def start_of(self, at: int) -> int:
+        """The earliest flow time in the window at row `at` of the last group."""
+        return int(self.starts[at])
 
     def evict(self, horizon: int) -> int:
         """Forget groups idle since before `horizon` (flow time, ns) whose state can no longer
@@ -78,7 +140,7 @@ class Aggregator:
 
 
 class Match(Aggregator):
-    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+    def candidates(self, g: Group, values: GroupValues | list[Any] | None) -> np.ndarray:
         self.starts = g.times
         return np.ones(len(g.idx), dtype=bool)
 
@@ -90,7 +152,7 @@ class EventCount(Aggregator):
         self.threshold = max(1, int(float(rule.value(rule.aggregate["threshold"]))))
         self.tails: dict[str, np.ndarray] = {}
 
-    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+    def candidates(self, g: Group, values: GroupValues | list[Any] | None) -> np.ndarray:
         tail = self.tails.get(g.key)
         allt = g.times if tail is None else np.concatenate([tail, g.times])
         off = 0 if tail is None else len(tail)
@@ -117,39 +179,145 @@ class EventCount(Aggregator):
         self.tails = unpack_arrays(doc.get("tails"), "tails")
 
 
+# groups with fewer rows than this step through them: the vectorized forms cost a few dozen numpy
+# calls whatever the size
+VECTOR_MIN_ROWS = 24
+
+
 class ValueCount(Aggregator):
+    """Distinct values of a field in a sliding window, per group.
+
+    The state is each group's values with the time last seen, in recency order; a value is
+    forgotten (from the front) once the newest row is more than the window past it. When the
+    carried values and the group's rows are in time order (as a stream in order delivers them),
+    the count at each row is the number of distinct values seen in the window up to it, computed
+    with numpy (`_sorted`); otherwise, and for small groups, the rows are stepped through
+    (`_stepped`). Both give the same counts, window starts and state."""
+
     def __init__(self, rule: Rule) -> None:
         super().__init__(rule)
         self.window = rule.duration(rule.aggregate.get("timespan", "5m"))
         self.threshold = max(1, int(float(rule.value(rule.aggregate["threshold"]))))
         self.seen: dict[str, OrderedDict[Any, int]] = {}
+        self._window_of: Callable[[int], int] | None = None  # start_of for the last group, if lazy
 
-    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+    def candidates(self, g: Group, values: GroupValues | list[Any] | None) -> np.ndarray:
         assert values is not None
+        if not isinstance(values, GroupValues):
+            values = FieldValues(values).at(np.arange(len(values)))
         seen = self.seen.setdefault(g.key, OrderedDict())
-        out = np.zeros(len(g.idx), dtype=bool)
-        counts = np.zeros(len(g.idx), dtype=np.int64)
-        starts = g.times.copy()
-        self.values, self.starts = counts, starts
-        window, threshold = self.window, self.threshold
-        for i, (t, v) in enumerate(zip(g.times.tolist(), values, strict=True)):
+        out = self._sorted(g, values, seen) if len(values) >= VECTOR_MIN_ROWS and values.field.exact else None
+        if out is None:
+            out = self._stepped(g, values.tolist(), seen)
+        if not seen:
+            del self.seen[g.key]
+        return out
+
+    def start_of(self, at: int) -> int:
+        return self._window_of(at) if self._window_of is not None else int(self.starts[at])
+
+    def _stepped(self, g: Group, values: list[Any], seen: OrderedDict[Any, int]) -> np.ndarray:
+        window = self.window
+        times = g.times.tolist()
+        # plain lists while stepping (numpy item access costs more than the step itself)
+        counts = [0] * len(times)
+        starts = list(times)
+        out = [False] * len(times)
+        threshold = self.threshold
+        for i, (t, v) in enumerate(zip(times, values, strict=True)):
             if v is None:
+                # counted, never a candidate: a row without a value adds nothing
                 counts[i] = len(seen)
                 continue
             if v in seen:
                 seen.move_to_end(v)
             seen[v] = t
+            # forget from the front of the recency order up to the first value seen in the window
             while seen:
-                first_v, first_t = next(iter(seen.items()))
+                first_v = next(iter(seen))
+                first_t = seen[first_v]
                 if first_t >= t - window:
+                    starts[i] = first_t
                     break
                 del seen[first_v]
             counts[i] = len(seen)
-            starts[i] = next(iter(seen.values()))
-            if len(seen) >= threshold:
-                out[i] = True
-        if not seen:
-            del self.seen[g.key]
+            out[i] = len(seen) >= threshold
+        self.values = np.array(counts, dtype=np.int64)
+        self.starts = np.array(starts, dtype=np.int64)
+        self._window_of = None
+        return np.array(out, dtype=bool)
+
+    def _sorted(self, g: Group, values: GroupValues, seen: OrderedDict[Any, int]) -> np.ndarray | None:
+        """`_stepped` for carried values and rows in time order, with numpy; None otherwise.
+
+        Positions: the carried values (in recency order) then the rows with a value. In time
+        order the recency order is the position order of last sightings, so after position p the
+        state holds the values sighted at positions [lo_p, p] (lo_p: the first one in p's window)
+        and their number is (p - lo_p + 1) minus the sightings in that range whose previous
+        sighting of the same value is in it too."""
+        n = len(values)
+        has = values.codes >= 0
+        rows = np.flatnonzero(has)
+        if len(rows) == 0:
+            return None
+        carried = len(seen)
+        t = np.concatenate([np.fromiter(seen.values(), dtype=np.int64, count=carried), g.times[rows]])
+        if bool((t[1:] < t[:-1]).any()):
+            return None
+        m = len(t)
+        uniques = values.field.distinct
+        # carried values get the batch's code of an equal value, or one past them all
+        index = values.field.index() if carried else {}
+        extra: dict[Any, int] = {}
+        carried_codes = [index.get(k, -1) for k in seen]
+        carried_codes = [c if c >= 0 else len(uniques) + extra.setdefault(k, len(extra))
+                         for k, c in zip(seen, carried_codes, strict=True)]
+        code = np.concatenate([np.array(carried_codes, dtype=np.int64), values.codes[rows]])
+        keys = list(seen)
+        lo = np.searchsorted(t, t - self.window, side="left")
+        by_code = np.argsort(code, kind="stable")
+        same = code[by_code[1:]] == code[by_code[:-1]]
+        prev = np.full(m, -1, dtype=np.int64)
+        prev[by_code[1:][same]] = by_code[:-1][same]
+        nxt = np.full(m, m, dtype=np.int64)
+        nxt[by_code[:-1][same]] = by_code[1:][same]
+        # a repeat at q (previous sighting r) is inside the range of every p from q on whose lo_p
+        # is at most r: lo only grows with p, so that is p in [q, end_r)
+        q = np.flatnonzero(prev >= 0)
+        end = np.searchsorted(lo, prev[q], side="right")
+        q, end = q[end > q], end[end > q]
+        step = np.zeros(m + 1, dtype=np.int64)
+        np.add.at(step, q, 1)
+        np.add.at(step, end, -1)
+        distinct = np.arange(m) - lo + 1 - np.cumsum(step)[:m]
+        counts = np.empty(n, dtype=np.int64)
+        counts[rows] = distinct[carried:]
+        # a row without a value: the count after the latest row with one (else the state as carried)
+        blank = np.flatnonzero(~has)
+        if len(blank):
+            before = np.cumsum(has)[blank]
+            counts[blank] = np.where(before > 0, distinct[np.maximum(carried + before - 1, 0)], carried)
+        self.values = counts
+        self.starts = g.times.copy()
+        # the window's start (the front of the recency order) is read only where an alert opens:
+        # the first position from lo_p whose value is not sighted again up to p
+        pos_of = np.full(n, -1, dtype=np.int64)
+        pos_of[rows] = np.arange(carried, m)
+
+        def window_of(at: int) -> int:
+            p = int(pos_of[at])
+            if p < 0:
+                return int(self.starts[at])
+            first = int(lo[p])
+            return int(t[first + int(np.argmax(nxt[first:p + 1] > p))])
+        self._window_of = window_of
+        # the state after the last row: last sightings within its window, in sighting order
+        keep = np.flatnonzero(nxt[lo[m - 1]:] == m) + lo[m - 1]
+        seen.clear()
+        for k in keep.tolist():
+            seen[keys[k] if k < carried else uniques[int(code[k])]] = int(t[k])
+        out = np.zeros(n, dtype=bool)
+        out[rows] = distinct[carried:] >= self.threshold
         return out
 
     def details(self, at: int) -> dict[str, Any]:
@@ -190,35 +358,80 @@ class RateSpike(Aggregator):
         self.buckets: dict[str, dict[int, int]] = {}
         self.start: int | None = None
 
-    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+    def candidates(self, g: Group, values: GroupValues | list[Any] | None) -> np.ndarray:
         recent = self.recent.setdefault(g.key, deque())
         buckets = self.buckets.setdefault(g.key, {})
         if self.start is None:
             self.start = int(g.times[0])
+        out = self._sorted(g, recent, buckets) if len(g.times) >= VECTOR_MIN_ROWS else None
+        if out is None:
+            out = self._stepped(g, recent, buckets)
+        n_hist = max(self.history // self.window, 1)
+        for k in [k for k in buckets if k < (int(g.times[-1]) // self.window) - n_hist - 1]:
+            del buckets[k]
+        return out
+
+    def _stepped(self, g: Group, recent: deque[int], buckets: dict[int, int]) -> np.ndarray:
+        assert self.start is not None
         start = self.start
-        out = np.zeros(len(g.idx), dtype=bool)
-        counts = np.zeros(len(g.idx), dtype=np.int64)
-        starts = g.times.copy()
-        self.values, self.starts = counts, starts
-        w, h = self.window, self.history
-        n_hist = max(h // w, 1)
-        for i, t in enumerate(g.times.tolist()):
+        times = g.times.tolist()
+        out = [False] * len(times)
+        counts = [0] * len(times)
+        starts = list(times)
+        w = self.window
+        last_b: int | None = None
+        trailing = 0.0
+        for i, t in enumerate(times):
             recent.append(t)
             while recent[0] < t - w:
                 recent.popleft()
             b = t // w
             buckets[b] = buckets.get(b, 0) + 1
-            # trailing buckets strictly before the current one; before an hour of history the
-            # mean is over the time seen so far
-            span = min(n_hist, max((b - start // w), 1))
-            trailing = sum(buckets.get(k, 0) for k in range(b - span, b)) / span
+            if b != last_b:
+                trailing = self._trailing(buckets, b)
+                last_b = b
             counts[i] = len(recent)
             starts[i] = recent[0]
             if t - start >= self.warmup and len(recent) >= self.floor and len(recent) >= self.factor * trailing:
                 out[i] = True
-        for k in [k for k in buckets if k < (int(g.times[-1]) // w) - n_hist - 1]:
-            del buckets[k]
-        return out
+        self.values = np.array(counts, dtype=np.int64)
+        self.starts = np.array(starts, dtype=np.int64)
+        return np.array(out, dtype=bool)
+
+    def _trailing(self, buckets: dict[int, int], b: int) -> float:
+        """Mean rows per window over the buckets strictly before `b`; before an hour of history
+        the mean is over the time seen so far. Rows of bucket b only add to bucket b, so the mean
+        holds for every row of a bucket."""
+        assert self.start is not None
+        span = min(max(self.history // self.window, 1), max((b - self.start // self.window), 1))
+        return sum(buckets.get(k, 0) for k in range(b - span, b)) / span
+
+    def _sorted(self, g: Group, recent: deque[int], buckets: dict[int, int]) -> np.ndarray | None:
+        """`_stepped` for carried times and rows in time order, with numpy; None otherwise. Then
+        the window holds the carried and new times from the first one in it, and a bucket's
+        trailing mean sees every earlier bucket complete."""
+        assert self.start is not None
+        times = g.times
+        allt = np.concatenate([np.fromiter(recent, dtype=np.int64, count=len(recent)), times])
+        if bool((allt[1:] < allt[:-1]).any()):
+            return None
+        w = self.window
+        off = len(recent)
+        lo = np.searchsorted(allt, times - w, side="left")
+        counts = np.arange(off, off + len(times)) - lo + 1
+        self.values, self.starts = counts, allt[lo]
+        b = times // w
+        firsts = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
+        sizes = np.diff(np.append(firsts, len(b)))
+        trailing = np.empty(len(firsts), dtype=np.float64)
+        for j, (bucket, size) in enumerate(zip(b[firsts].tolist(), sizes.tolist(), strict=True)):
+            buckets[bucket] = buckets.get(bucket, 0) + size
+            trailing[j] = self._trailing(buckets, bucket)
+        per_row = np.repeat(trailing, sizes)
+        recent.clear()
+        recent.extend(allt[lo[-1]:].tolist())
+        return ((times - self.start >= self.warmup) & (counts >= self.floor)
+                & (counts >= self.factor * per_row))
 
     def details(self, at: int) -> dict[str, Any]:
         return {"events_in_window": int(self.values[at]), "threshold": self.floor}
@@ -285,7 +498,7 @@ class BaselineRate(Aggregator):
             self.limits[key] = lim
         return lim
 
-    def candidates(self, g: Group, values: list[Any] | None) -> np.ndarray:
+    def candidates(self, g: Group, values: GroupValues | list[Any] | None) -> np.ndarray:
         tail = self.tails.get(g.key)
         allt = g.times if tail is None else np.concatenate([tail, g.times])
         off = 0 if tail is None else len(tail)
@@ -372,7 +585,7 @@ class Alerts:
             alert = Alert(rule=rule.id, title=rule.title, category=rule.category, severity=rule.severity,
                           mitre=list(rule.mitre), entity=entity_of(rule.entity_kind, row(i, "entity"),
                                                                    row(i, "workload")),
-                          group=g.key, first_seen=min(int(agg.starts[at]), t), detected_at=t,
+                          group=g.key, first_seen=min(agg.start_of(at), t), detected_at=t,
                           last_seen=t, description=rule.description, remediation=rule.remediation,
                           until=t + rule.suppress_ns)
             explanation = row(i, "explain")

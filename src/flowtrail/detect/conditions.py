@@ -1,4 +1,10 @@
-"""Rule `where` conditions and exceptions compiled to vectorized masks over a feature table."""
+"""Rule `where` conditions and exceptions compiled to vectorized masks over a feature frame.
+
+Every condition is a row-wise test, so a rule's conditions (a conjunction) may be evaluated in
+any order and each on the rows the others left: conditions on cheap features run first, over the
+whole batch, with their masks shared by every rule (`Frame.memo`); conditions on expensive
+features (keys, name shapes, IP classes) then run on the few rows still selected.
+"""
 
 from __future__ import annotations
 
@@ -11,27 +17,103 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.detect.features import map_unique
+from flowtrail.detect.features import CHEAP_FEATURES, Frame, map_unique
 from flowtrail.detect.rules import OPS, Rule, RuleError
 from flowtrail.filters.ip import first_network
 from flowtrail.util.arrays import bool_mask
 
-MaskFn = Callable[[pa.Table, Any], np.ndarray]
+MaskFn = Callable[[Frame, Any], np.ndarray]
 
 
-def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
+class Cond:
+    """A compiled condition: the mask of the frame's rows it selects."""
+
+    cheap = False  # reads cheap features only (features.CHEAP_FEATURES): evaluated first
+
+    def __call__(self, fr: Frame, baseline: Any) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Leaf(Cond):
+    def __init__(self, name: str, key: tuple[Any, ...], test: MaskFn) -> None:
+        self.cheap = name in CHEAP_FEATURES
+        self.key = key  # what it tests, for sharing its mask between rules
+        self.test = test
+
+    def __call__(self, fr: Frame, baseline: Any) -> np.ndarray:
+        root = fr.batch.all
+        if fr.rows is not None and not (root.has(self.key) or (self.cheap and 4 * fr.num_rows >= root.num_rows)):
+            # few rows left: cheaper than a pass over the batch
+            return self.test(fr, baseline)
+        full: np.ndarray = root.memo(self.key, lambda: _frozen(self.test(root, baseline)))
+        return full if fr.rows is None else full[fr.rows]
+
+
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    # shared by every rule of the batch: an in-place change would leak into the others
+    mask.setflags(write=False)
+    return mask
+
+
+class Not(Cond):
+    def __init__(self, inner: Cond) -> None:
+        self.inner = inner
+        self.cheap = inner.cheap
+
+    def __call__(self, fr: Frame, baseline: Any) -> np.ndarray:
+        return ~self.inner(fr, baseline)
+
+
+def _by_cost(parts: list[Cond]) -> list[Cond]:
+    # the order changes no result (row-wise tests): cheap ones first narrow the rows the others see
+    return sorted(parts, key=lambda p: not p.cheap)
+
+
+class AllOf(Cond):
+    def __init__(self, parts: list[Cond]) -> None:
+        self.parts = _by_cost(parts)
+        self.cheap = all(p.cheap for p in parts)
+
+    def __call__(self, fr: Frame, baseline: Any) -> np.ndarray:
+        m = np.ones(fr.num_rows, dtype=bool)
+        for p in self.parts:
+            rows = np.flatnonzero(m)
+            if len(rows) == 0:
+                break
+            m[rows] = p(fr.subset(rows) if len(rows) < fr.num_rows else fr, baseline)
+        return m
+
+
+class AnyOf(Cond):
+    def __init__(self, parts: list[Cond]) -> None:
+        self.parts = _by_cost(parts)
+        self.cheap = all(p.cheap for p in parts)
+
+    def __call__(self, fr: Frame, baseline: Any) -> np.ndarray:
+        m = np.zeros(fr.num_rows, dtype=bool)
+        for p in self.parts:
+            rows = np.flatnonzero(~m)
+            if len(rows) == 0:
+                break
+            m[rows] = p(fr.subset(rows) if len(rows) < fr.num_rows else fr, baseline)
+        return m
+
+
+def _compile_one(rule: Rule, cond: dict[str, Any]) -> Cond:
     if "any" in cond:
-        parts = [_compile_one(rule, c) for c in cond["any"]]
-        return lambda t, b: np.logical_or.reduce([p(t, b) for p in parts])
+        return AnyOf([_compile_one(rule, c) for c in cond["any"]])
     if "all" in cond:
-        parts = [_compile_one(rule, c) for c in cond["all"]]
-        return lambda t, b: np.logical_and.reduce([p(t, b) for p in parts])
+        return AllOf([_compile_one(rule, c) for c in cond["all"]])
     if "not" in cond:
-        inner = _compile_one(rule, cond["not"])
-        return lambda t, b: ~inner(t, b)
+        return Not(_compile_one(rule, cond["not"]))
     name = cond["field"]
     op = next(o for o in OPS if o in cond)
     value = rule.value(cond[op])
+    key = (name, op, repr(value))
+    return Leaf(name, key, _leaf(rule, name, op, value))
+
+
+def _leaf(rule: Rule, name: str, op: str, value: Any) -> MaskFn:
     if op == "eq":
         return lambda t, b: bool_mask(pc.equal(t[name], value))
     if op == "ne":
@@ -42,7 +124,7 @@ def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
             return (lambda t, b: np.zeros(t.num_rows, dtype=bool)) if op == "in" else \
                 (lambda t, b: np.ones(t.num_rows, dtype=bool))
 
-        def isin(t: pa.Table, b: Any) -> np.ndarray:
+        def isin(t: Frame, b: Any) -> np.ndarray:
             col = t[name]
             vs = pa.array(values).cast(col.type) if pa.types.is_integer(col.type) else pa.array(
                 [str(v) for v in values]) if pa.types.is_string(col.type) else pa.array(values)
@@ -61,7 +143,7 @@ def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
     if op in ("suffix", "not_suffix"):
         suffixes = [str(s).lower() for s in (value if isinstance(value, list) else [value])]
 
-        def ends(t: pa.Table, b: Any) -> np.ndarray:
+        def ends(t: Frame, b: Any) -> np.ndarray:
             col = t[name]
             out = np.zeros(t.num_rows, dtype=bool)
             for s in suffixes:
@@ -71,7 +153,7 @@ def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
     if op in ("in_baseline", "not_in_baseline"):
         kind = str(value)
 
-        def member(t: pa.Table, b: Any) -> np.ndarray:
+        def member(t: Frame, b: Any) -> np.ndarray:
             if b is None:
                 raise RuleError(f"{rule.source}: {rule.id} needs a baseline (--baseline)")
             keys = b.keys(kind)
@@ -81,17 +163,16 @@ def _compile_one(rule: Rule, cond: dict[str, Any]) -> MaskFn:
 
 
 def compile_where(rule: Rule) -> MaskFn:
-    parts = [_compile_one(rule, c) for c in rule.where]
+    """The rule's conditions, then its exceptions, as the mask of a frame's rows it selects."""
+    where = AllOf([_compile_one(rule, c) for c in rule.where])
     exc = _compile_exceptions(rule)
 
-    def mask(t: pa.Table, baseline: Any) -> np.ndarray:
-        m = np.ones(t.num_rows, dtype=bool)
-        for p in parts:
-            if not m.any():
-                break
-            m &= p(t, baseline)
-        if exc is not None and m.any():
-            m &= ~exc(t)
+    def mask(t: Frame, baseline: Any) -> np.ndarray:
+        m = where(t, baseline)
+        if exc is not None:
+            rows = np.flatnonzero(m)
+            if len(rows):
+                m[rows] = ~exc(t.subset(rows) if len(rows) < t.num_rows else t)
         return m
     return mask
 
@@ -122,9 +203,9 @@ def needs_policy(rule: Rule) -> bool:
     return walk(rule.where)
 
 
-def _compile_exceptions(rule: Rule) -> Callable[[pa.Table], np.ndarray] | None:
+def _compile_exceptions(rule: Rule) -> Callable[[Frame], np.ndarray] | None:
     ex = rule.exceptions
-    checks: list[Callable[[pa.Table], np.ndarray]] = []
+    checks: list[Callable[[Frame], np.ndarray]] = []
     if ex.get("entities"):
         pats = list(ex["entities"])
         checks.append(lambda t: bool_mask(map_unique(

@@ -1,8 +1,10 @@
 """The detection engine: decoded batches in, alerts out. Pure: no files, no network.
 
-Per batch: features are built once (detect/features.py); each enabled rule selects rows with its
-FlowFilter scope (the core's compiled filters) and its `where` conditions, sorts them by flow
-time and hands them, group by group, to its aggregator.
+Per batch: each enabled rule selects rows with its `where` conditions (detect/conditions.py) and
+its FlowFilter scope (the core's compiled filters), sorts them by flow time and hands them, group
+by group, to its aggregator. Features are computed on demand (detect/features.py): those the
+conditions read on the rows still in question, those the aggregation and alerts read on the rows
+some rule selected.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.detect.aggregate import Aggregator, Alerts, Group, RateSpike, make_aggregator
+from flowtrail.detect.aggregate import Aggregator, Alerts, FieldValues, Group, RateSpike, make_aggregator
 from flowtrail.detect.alerts import Alert, iso_ns
 from flowtrail.detect.conditions import MaskFn, compile_where, needs_baseline, needs_policy
-from flowtrail.detect.features import FEATURE_PATHS, Enrichment, build
+from flowtrail.detect.features import FEATURE_PATHS, Batch, Enrichment, Frame
 from flowtrail.detect.rules import Rule, RuleError
 from flowtrail.detect.state import (
     StateError,
@@ -78,7 +80,6 @@ class CompiledRule:
     agg: Aggregator
     alerts: Alerts
     needles: tuple[str, ...] | None  # RE2 fragments; None: every line may matter
-    columns: list[str] = field(default_factory=list)  # features the rule's aggregation reads
     matched: int = 0
     digest: str = ""  # detect/state.py rule_digest: the key of its saved state
 
@@ -143,13 +144,8 @@ class Engine:
                     else:
                         frags.append(x[3:] if x.startswith("re:") else re.escape(x))
                 needles = tuple(frags)
-            cols = {"time", "uuid", *RENDER_COLUMNS, *r.group_by, r.entity, r.peers, *([r.explain] if r.explain else [])}
-            if r.entity in _ENTITY_WORKLOAD:
-                cols.add(_ENTITY_WORKLOAD[r.entity])
-            if "field" in r.aggregate:
-                cols.add(r.aggregate["field"])
             self.rules.append(CompiledRule(r, scope, compile_where(r), make_aggregator(r, baseline), Alerts(r),
-                                           needles, sorted(cols), digest=rule_digest(r)))
+                                           needles, digest=rule_digest(r)))
         paths = set(FEATURE_PATHS)
         if policy is not None:
             from flowtrail.policy.replay import REPLAY_PATHS
@@ -196,52 +192,71 @@ class Engine:
                 table = table.filter(pc.is_valid(flow))
         if table.num_rows == 0:
             return
-        ft = build(table, self.enrichment)
+        batch = Batch(table, self.enrichment)
         if self.policy is not None:
-            ft = self._policy_features(table, ft)
-        self.stats.flows += ft.num_rows
+            self._policy_features(table, batch)
+        fr = batch.all
+        self.stats.flows += fr.num_rows
+        time = fr["time"]
         if self.t0 is None:
             # warm-ups count from the first flow of the input, not from a rule's first match
-            self.start_at(pc.min(ft["time"]).as_py())
-        newest = pc.max(ft["time"]).as_py()
+            self.start_at(pc.min(time).as_py())
+        newest = pc.max(time).as_py()
         if newest is not None and (self.t_max is None or newest > self.t_max):
             self.t_max = newest
         if self.node_silence_ns and "node_name" in table.column_names:
-            self._node_silence(table.column("node_name"), ft["time"])
+            self._node_silence(table.column("node_name"), time)
+        selected: list[tuple[CompiledRule, np.ndarray]] = []
         for cr in self.rules:
-            m = cr.where(ft, self.baseline)
+            m = cr.where(fr, self.baseline)
             if cr.scope is not None and m.any():
                 m &= cr.scope.mask(table)
-            if not m.any():
-                continue
-            # only the columns this rule reads travel through filter/sort
-            idx = np.flatnonzero(m)
-            sel = ft.select(cr.columns).take(pa.array(idx))
-            order = pc.sort_indices(sel["time"])
-            sel = sel.take(order)
-            self.stats.rule_rows[cr.rule.id] += sel.num_rows
-            self._aggregate(cr, sel)
+            if m.any():
+                selected.append((cr, m))
+        if not selected:
+            return
+        # the features rules group, count and report by are computed once, on the rows some rule
+        # selected, and each rule picks its rows from them
+        chosen = np.logical_or.reduce([m for _, m in selected])
+        rows = np.flatnonzero(chosen)
+        picked = batch.frame(rows)
+        at = np.cumsum(chosen) - 1  # batch row -> position among the chosen rows
+        for cr, m in selected:
+            idx = pa.array(at[np.flatnonzero(m)])
+            # flow-time order, ties in batch order (sort_indices is stable)
+            order = pc.take(idx, pc.sort_indices(pc.take(picked["time"], idx)))
+            self.stats.rule_rows[cr.rule.id] += len(order)
+            self._aggregate(cr, picked, np.asarray(order.to_numpy(zero_copy_only=False), dtype=np.int64))
 
-    def _policy_features(self, table: pa.Table, ft: pa.Table) -> pa.Table:
+    def _policy_features(self, table: pa.Table, batch: Batch) -> None:
         from flowtrail.policy.replay import classify_audit
         rv = self.policy.feed(table)
         found = classify_audit(rv)
         bypass = found["bypass"]
         # one explanation per connection, not per bypassing flow (a bypass repeats for every
         # packet of the connection)
-        explain = np.full(ft.num_rows, None, dtype=object)
         rows = np.flatnonzero(bypass)
+        at = np.full(batch.n, -1, dtype=np.int64)
+        texts: list[str | None] = []
         if rows.size:
             keys, inv = np.unique(rv.key[rows], return_inverse=True)
-            texts = np.array([rv.verdicts[int(k)].explanation for k in keys.tolist()], dtype=object)
-            explain[rows] = texts[inv]
-        ft = ft.append_column("policy.bypass", pa.array(bypass))
-        ft = ft.append_column("policy.unexpected_drop", pa.array(found["unexpected-drop"]))
-        return ft.append_column("policy.explain", pa.array(explain.tolist(), pa.string()))
+            texts = [rv.verdicts[int(k)].explanation for k in keys.tolist()]
+            at[rows] = inv
+        batch.add("policy.bypass", pa.array(bypass))
+        batch.add("policy.unexpected_drop", pa.array(found["unexpected-drop"]))
+        batch.add("policy.explain", pc.take(pa.array(texts, pa.string()), pa.array(at, mask=at < 0)))
 
-    def _aggregate(self, cr: CompiledRule, sel: pa.Table) -> None:
+    def _aggregate(self, cr: CompiledRule, fr: Frame, rows: np.ndarray) -> None:
+        """Hand the rule's selected rows (positions in `fr`, in flow-time order) to its aggregator,
+        group by group. Whole columns are read only for grouping and counting; entity, evidence
+        and peers only at the rows alerts report."""
         rule = cr.rule
-        keys = [pc.cast(sel[k], pa.string()) if not pa.types.is_string(sel[k].type) else sel[k] for k in rule.group_by]
+        at = pa.array(rows)
+
+        def selected(name: str) -> pa.Array:
+            return pc.take(fr[name], at)
+        keys = [selected(k) for k in rule.group_by]
+        keys = [pc.cast(k, pa.string()) if not pa.types.is_string(k.type) else k for k in keys]
         key = keys[0] if len(keys) == 1 else pc.binary_join_element_wise(
             *[pc.fill_null(k, "-") for k in keys], "\x1f")
         key = pc.fill_null(key, "-")
@@ -250,41 +265,38 @@ class Engine:
             enc = enc.combine_chunks()
         codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         names = enc.dictionary.to_pylist()
-        times = np.asarray(sel["time"].to_numpy(zero_copy_only=False), dtype=np.int64)
+        times = np.asarray(selected("time").to_numpy(zero_copy_only=False), dtype=np.int64)
         order = np.argsort(codes, kind="stable")
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         value_col = rule.aggregate.get("field")
-        values_all = sel[value_col].to_pylist() if value_col and rule.aggregate["function"] == "value_count" else None
-        cache: dict[str, Any] = {}
+        values_all = FieldValues(selected(value_col)) if value_col and rule.aggregate["function"] == "value_count" \
+            else None
 
-        def column(name: str) -> Any:
-            if name not in cache:
-                cache[name] = sel[name]
-            return cache[name]
+        def value(name: str, i: int) -> Any:
+            return fr[name][int(rows[i])].as_py()
 
         def row(i: Any, what: str) -> Any:
             if what == "peers":
-                arr = column(rule.peers).take(pa.array(np.asarray(i, dtype=np.int64)))
+                arr = pc.take(fr[rule.peers], pa.array(rows[np.asarray(i, dtype=np.int64)]))
                 vc = pc.value_counts(pc.fill_null(pc.cast(arr, pa.string()), "-"))
                 return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True))
             i = int(i)
             if what == "entity":
-                return column(rule.entity)[i].as_py()
+                return value(rule.entity, i)
             if what == "workload":
                 wl = _ENTITY_WORKLOAD.get(rule.entity)
-                return column(wl)[i].as_py() if wl else None
+                return value(wl, i) if wl else None
             if what == "uuid":
-                return column("uuid")[i].as_py()
+                return value("uuid", i)
             if what == "explain":
-                return column(rule.explain)[i].as_py() if rule.explain else None
-            return _render(sel, i)
+                return value(rule.explain, i) if rule.explain else None
+            return _render(fr, int(rows[i]))
 
         for part in np.split(order, bounds):
             if not len(part):
                 continue
             g = Group(names[codes[part[0]]], part, times[part])
-            values = [values_all[j] for j in part.tolist()] if values_all is not None else None
-            cand = cr.agg.candidates(g, values)
+            cand = cr.agg.candidates(g, values_all.at(part) if values_all is not None else None)
             cr.alerts.assign(g, cand, cr.agg, row)
 
     def _lost_events(self, table: pa.Table, lost: Any) -> None:
@@ -518,8 +530,8 @@ RENDER_COLUMNS = ("time", "src.key", "src.port", "dst.key", "dst.port", "proto",
                   "dst.name", "is_reply")
 
 
-def _render(sel: pa.Table, i: int) -> str:
-    r = {k: sel[k][i].as_py() for k in RENDER_COLUMNS}
+def _render(fr: Frame, i: int) -> str:
+    r = {k: fr[k][i].as_py() for k in RENDER_COLUMNS}
     arrow = "<-" if r["is_reply"] else "->"
     src = f"{r['src.key']}:{r['src.port']}" if r["src.port"] is not None else str(r["src.key"])
     dst = f"{r['dst.key']}:{r['dst.port']}" if r["dst.port"] is not None else str(r["dst.key"])
