@@ -149,6 +149,21 @@ class FlowView:
     def first_where(self, path: str, flat_mask: np.ndarray | None = None, field: str | None = None) -> pa.Array:
         """Per row, the first element of list ``path`` (its ``field`` for a list of messages) for
         which ``flat_mask`` (over the flattened elements) holds; "" where there is none."""
+        if flat_mask is None:
+            key = ("first", path + "\0" + (field or ""))
+            got = self._cache.get(key)
+            if got is None:
+                if self._parent is not None:
+                    # every handler asks for the first workload: taken once over the batch, then
+                    # filtered, instead of filtering the list column for each handler's rows
+                    got = self._parent.first_where(path, None, field).filter(self._keep)
+                else:
+                    got = self._first_where(path, None, field)
+                self._cache[key] = got
+            return got
+        return self._first_where(path, flat_mask, field)
+
+    def _first_where(self, path: str, flat_mask: np.ndarray | None, field: str | None) -> pa.Array:
         lists = self.col(path)
         flat = pc.list_flatten(lists)
         parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)

@@ -81,7 +81,8 @@ class PipelineOptions:
     # metrics pass has a fixed cost of ~200 Arrow calls (~40 ms, measured on 2.5k-flow batches),
     # which on small live batches took a third of the monitor's time and delayed the alerts of the
     # batches behind it; Prometheus scrapes every 15-60 s, so a second's delay is never seen.
-    metrics_max_flows: int = 65_536
+    # Half a full batch: a full one is counted on its own (several tables are copied into one).
+    metrics_max_flows: int = 32_768
     metrics_max_delay_s: float = 1.0
     queue_max_bytes: int = 64 << 20
     overload: str = "block"
