@@ -16,7 +16,14 @@ from functools import lru_cache
 
 from publicsuffixlist import PublicSuffixList
 
-_PSL = PublicSuffixList()
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    # parsed on first use (~0.1 s): commands that never look at a DNS name start faster, and
+    # `detect` parses it while its workers already scan the input
+    return PublicSuffixList()
+
+
 CLUSTER_SUFFIXES = (".cluster.local", ".svc", ".local", ".internal")
 # the 60 most frequent bigrams of English text (Norvig's Google-books counts): pronounceable
 # names hit many of them, random strings few
@@ -79,7 +86,7 @@ def features(query: str) -> NameFeatures:
     labels = name.split(".") if name else []
     # a name that is itself a (private-section) public suffix, like googleapis.com, is its own
     # registered domain for counting purposes
-    registered = "" if cluster_local else (_PSL.privatesuffix(name) or name)
+    registered = "" if cluster_local else (_psl().privatesuffix(name) or name)
     tld = labels[-1] if labels else ""
     sub = name[: -len(registered) - 1] if registered and len(name) > len(registered) else ""
     sld = registered.split(".")[0] if registered else (labels[0] if labels else "")
