@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.sources import canonscan
-from flowtrail.sources.decode import FLOW_PREFIX, DecodeError, Decoder, DecodeStats
+from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, line_index
 from flowtrail.sources.files import Input, MappedRange, iter_blocks, open_binary, read_range, split_ranges
 from flowtrail.sources.parallel import ordered_map
 
@@ -109,17 +109,19 @@ def line_array(data: bytes) -> tuple[pa.Array, np.ndarray]:
 
 def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
     want = None
+    ix = None
     if job.regex is not None and data:
         arr: pa.Array | None = None
         if job.hs_db is not None and canonscan.AVAILABLE:
-            starts = canonscan.index_lines(data, job.decoder.max_line, FLOW_PREFIX)[0]
+            ix = line_index(data, job.decoder.max_line)  # the decoder's own, computed once
+            starts = ix.starts
         else:
             arr, starts = line_array(data)
         want = _matching_lines(job, data, starts, arr)
     # Lines the prefilter skips are still checked for the shape of one JSON object by the
     # decoder, so a truncated or garbled line is reported (and fatal with --strict) whatever
     # the rules read.
-    dec = job.decoder.decode_block(data, source, first_line, wanted=want)
+    dec = job.decoder.decode_block(data, source, first_line, wanted=want, index=ix)
     assert dec.table is not None
     return Batch(dec.table, source, first_line, dec.stats.lines, dec.errors, dec.stats)
 

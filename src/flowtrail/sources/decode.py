@@ -221,6 +221,11 @@ class Decoded:
         return self.rows.to_list()
 
 
+def line_index(data: bytes | bytearray, max_line: int) -> _Index:
+    """Where the lines of a block are and what they look like (for decode_block's ``index``)."""
+    return _Index(data, max_line)
+
+
 class _Index:
     """Where the lines of a block are and what they look like, computed with numpy."""
 
@@ -365,6 +370,7 @@ class Decoder:
         markers: Sequence[bytes] = (),
         columns: bool = True,
         wanted: np.ndarray | None = None,
+        index: _Index | None = None,
     ) -> Decoded:
         """Decode a block of whole lines.
 
@@ -375,9 +381,10 @@ class Decoder:
         With ``columns`` false no table is built: rows are only classified and canonicalised
         (and, unless the decoder was built with ``checked=False``, their JSON checked).
         ``wanted`` (a boolean per line) is another prefilter: the lines the caller selected
-        itself; lines that are not plain JSON objects are decoded as well.
+        itself; lines that are not plain JSON objects are decoded as well. ``index``: this
+        block's :func:`line_index`, when the caller needed it to compute ``wanted``.
         """
-        ix = _Index(data, self.max_line)
+        ix = index if index is not None else _Index(data, self.max_line)
         stats = DecodeStats(lines=ix.count, blank=int(ix.empty.sum()))
         errors: list[DecodeError] = []
         if wanted is not None:
