@@ -69,34 +69,32 @@ def _by_cost(parts: list[Cond]) -> list[Cond]:
     return sorted(parts, key=lambda p: not p.cheap)
 
 
-class AllOf(Cond):
+class _Junction(Cond):
+    """all/any of the parts: each part sees only the rows whose answer is still open (not yet
+    false for all, not yet true for any)."""
+
+    settles: bool  # the answer a part gives that decides the row
+
     def __init__(self, parts: list[Cond]) -> None:
         self.parts = _by_cost(parts)
         self.cheap = all(p.cheap for p in parts)
 
     def __call__(self, fr: Frame, baseline: Any) -> np.ndarray:
-        m = np.ones(fr.num_rows, dtype=bool)
+        m = np.full(fr.num_rows, not self.settles, dtype=bool)
         for p in self.parts:
-            rows = np.flatnonzero(m)
+            rows = np.flatnonzero(m != self.settles)
             if len(rows) == 0:
                 break
             m[rows] = p(fr.subset(rows) if len(rows) < fr.num_rows else fr, baseline)
         return m
 
 
-class AnyOf(Cond):
-    def __init__(self, parts: list[Cond]) -> None:
-        self.parts = _by_cost(parts)
-        self.cheap = all(p.cheap for p in parts)
+class AllOf(_Junction):
+    settles = False
 
-    def __call__(self, fr: Frame, baseline: Any) -> np.ndarray:
-        m = np.zeros(fr.num_rows, dtype=bool)
-        for p in self.parts:
-            rows = np.flatnonzero(~m)
-            if len(rows) == 0:
-                break
-            m[rows] = p(fr.subset(rows) if len(rows) < fr.num_rows else fr, baseline)
-        return m
+
+class AnyOf(_Junction):
+    settles = True
 
 
 def _compile_one(rule: Rule, cond: dict[str, Any]) -> Cond:
