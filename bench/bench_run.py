@@ -16,6 +16,9 @@ soak: the lab simulator streams through a pacer at `--rate` flows/s into `flowtr
     --input-file - --overload shed` for `--seconds`; the monitor's RSS is sampled every 5 s. Flat
     memory means the slope over the second half stays within noise; what the monitor could not
     take is shed and counted (flowtrail_flows_shed_total), never silently lost.
+
+FT_BIN: the flowtrail executable to measure (default: the repository's .venv/bin/flowtrail), e.g.
+    a wrapper script that times the monitor's stages.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from common import free_port, measured  # noqa: E402
 
-FT = str(REPO / ".venv" / "bin" / "flowtrail")
+FT = os.environ.get("FT_BIN") or str(REPO / ".venv" / "bin" / "flowtrail")
 JQ = (
     'select((.flow.destination.labels // [] | index("reserved:kube-apiserver")) and '
     '((.flow.source.namespace // "") | IN("kube-system","monitoring") | not)) // '

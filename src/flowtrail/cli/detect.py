@@ -25,7 +25,13 @@ from flowtrail.sources.files import expand_inputs
 from flowtrail.sources.peek import first_time_ns
 
 MAX_REPORTED_ERRORS = 20
+# rows per engine call: enough to amortize its fixed cost (a few hundred vectorized operations).
+# With a prefilter a 16 MB block yields ~1k rows, and waiting for 64k of them left the engine idle
+# until ~70 % of the file was decoded, then alone on the rest (measured: 4.7 → 4.2 s on the 1M
+# benchmark, peak RSS 358 → 216 MB); without one (a baseline's rate rule reads every line) a
+# block yields ~10k rows and the larger batch costs less CPU.
 ENGINE_BATCH_ROWS = 65_536
+PREFILTERED_BATCH_ROWS = 16_384
 
 
 def load_config(path: str | None) -> dict[str, Any]:
@@ -102,7 +108,7 @@ def run_engine(engine: Engine, inputs: tuple[str, ...], workers: int | None, str
     try:
         stream = batches(ins, decoder, needles, workers,
                          progress=(lambda n: bar.advance(task, n)) if bar is not None else None)
-        for table, group in gathered(stream, ENGINE_BATCH_ROWS):
+        for table, group in gathered(stream, ENGINE_BATCH_ROWS if needles is None else PREFILTERED_BATCH_ROWS):
             # errors are reported before the rows they arrived with are judged
             for b in group:
                 lines += b.lines
