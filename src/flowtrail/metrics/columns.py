@@ -25,17 +25,19 @@ STRING = pa.string()
 class FlowView:
     """The ``flow`` column of one decoded table, with cached column lookups."""
 
-    def __init__(self, flow: pa.Array | pa.ChunkedArray) -> None:
+    def __init__(self, flow: pa.Array | pa.ChunkedArray, parent: FlowView | None = None,
+                 keep: np.ndarray | None = None) -> None:
+        """``parent``/``keep`` (from :meth:`select`): a view of the parent's rows where ``keep``
+        holds, each column filtered from the parent's when it is first read."""
         if isinstance(flow, pa.ChunkedArray):
             flow = flow.combine_chunks() if flow.num_chunks != 1 else flow.chunk(0)
         self.flow: pa.Array = flow
-        self.n = len(flow)
-        self.valid: np.ndarray = _np_bool(flow.is_valid())
+        self._parent = parent
+        self._keep_np = keep
+        self._keep = None if keep is None else pa.array(keep, pa.bool_())
+        self.n = len(flow) if keep is None else int(np.count_nonzero(keep))
+        self.valid: np.ndarray = _np_bool(flow.is_valid()) if keep is None else np.ones(self.n, bool)
         self._cache: dict[tuple[str, str], Any] = {}
-        # set on a view made by select(): its columns are the parent's, filtered by this mask
-        self._parent: FlowView | None = None
-        self._keep: pa.Array | None = None
-        self._keep_np: np.ndarray | None = None
 
     def select(self, rows: np.ndarray) -> tuple[FlowView, np.ndarray]:
         """The view to compute labels on for the rows where ``rows`` holds, and its row mask.
@@ -44,17 +46,9 @@ class FlowView:
         the world), and their label columns cost per row they are computed for: when fewer than
         half the rows are wanted, a view of only those rows (each column filtered when it is
         first read) and an all-true mask; otherwise this view and ``rows``."""
-        count = int(np.count_nonzero(rows))
-        if count * 2 > self.n:
+        if np.count_nonzero(rows) * 2 > self.n:
             return self, rows
-        sub = FlowView.__new__(FlowView)
-        sub.flow = self.flow
-        sub.n = count
-        sub.valid = np.ones(count, bool)
-        sub._cache = {}
-        sub._parent = self
-        sub._keep = pa.array(rows, pa.bool_())
-        sub._keep_np = rows
+        sub = FlowView(self.flow, self, rows)
         return sub, sub.valid
 
     # -- raw columns -------------------------------------------------------------------------

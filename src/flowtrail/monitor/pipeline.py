@@ -501,14 +501,7 @@ class Monitor:
         self._metrics_tables, self._metrics_rows, self._metrics_flows = [], 0, 0
         t0 = time.perf_counter()
         if self.hubble_metrics is not None:
-            try:
-                big = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-            except pa.ArrowInvalid:
-                # decoded tables of one run share a schema unless a source changed its projection
-                for t in tables:
-                    self.hubble_metrics.observe(t)
-            else:
-                self.hubble_metrics.observe(big)
+            self.hubble_metrics.observe(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
         if self.own is not None:
             self.own.batch_seconds.labels(stage="metrics").observe(time.perf_counter() - t0)
             # last: once this counter covers a flow, every metric and alert of it is out
