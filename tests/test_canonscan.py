@@ -267,7 +267,7 @@ def test_extracted_columns_equal_arrows_reader_on_generated_flows(batch: list[di
 def test_line_index_equals_the_numpy_one(parts: list[bytes], max_line: int) -> None:
     """The C line index and the numpy one agree on every line's extent, plainness and flow shape,
     whatever bytes surround the 16-byte steps."""
-    from flowtrail.sources.decode import _Index
+    from flowtrail.sources.decode import LineIndex
 
     data = b"".join(parts)
     before = canonscan.AVAILABLE
@@ -275,7 +275,7 @@ def test_line_index_equals_the_numpy_one(parts: list[bytes], max_line: int) -> N
         got = []
         for available in (True, False):
             canonscan.AVAILABLE = available
-            ix = _Index(data, max_line)
+            ix = LineIndex(data, max_line)
             got.append((ix.count, ix.starts.tolist(), ix.ends.tolist(), ix.plain.tolist(), ix.flow.tolist(),
                         ix.empty.tolist()))
     finally:

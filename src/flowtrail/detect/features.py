@@ -28,7 +28,7 @@ from flowtrail.enrich.dnsname import NameFeatures
 from flowtrail.enrich.dnsname import features as name_features
 from flowtrail.enrich.intel import Intel
 from flowtrail.enrich.ipclass import IPClasses
-from flowtrail.util.arrays import bool_mask
+from flowtrail.util.arrays import bool_mask, first_item, list_parents, string_bytes
 
 # what the decoder must project for features (rule scopes add their own filter paths)
 FEATURE_PATHS = [
@@ -86,41 +86,6 @@ def map_unique(arr: pa.Array, fn: Callable[[Any], Any], type_: pa.DataType) -> p
     return pc.take(mapped, idx)
 
 
-def _list_parents(lists: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """The flattened elements of a list column and, per element, the row it belongs to."""
-    flat = pc.list_flatten(lists)
-    parents = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
-    return flat, parents
-
-
-def _first_positions(lists: pa.Array) -> tuple[pa.Array, pa.Array] | None:
-    """For a (large) list array: its values child and, per row, the position of the row's first
-    element in it (null for null or empty lists), read from the offsets. None for other layouts."""
-    if not isinstance(lists, (pa.ListArray, pa.LargeListArray)):
-        return None
-    offsets = np.asarray(lists.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
-    none = offsets[1:] == offsets[:-1]
-    if lists.null_count:
-        none |= ~np.asarray(lists.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    return lists.values, pa.array(offsets[:-1], mask=none)
-
-
-def first_item(lists: pa.Array, n: int) -> pa.Array:
-    """First element of each list; null for null or empty lists."""
-    found = _first_positions(lists)
-    if found is not None:
-        values, at = found
-        return pc.take(values, at)
-    flat, parents = _list_parents(lists)
-    if len(flat) == 0:
-        return pa.nulls(n, lists.type.value_type)
-    # parents are in row order: a row's first element is where its parent changes
-    starts = np.flatnonzero(np.concatenate(([True], parents[1:] != parents[:-1])))
-    idx = np.full(n, -1, dtype=np.int64)
-    idx[parents[starts]] = starts
-    return pc.take(flat, pa.array(idx, mask=idx < 0))
-
-
 def _scatter(values: pa.Array, rows: np.ndarray, n: int) -> pa.Array:
     """`values` of `rows`, placed at those rows of an n-row array that is null elsewhere."""
     pos = np.full(n, -1, dtype=np.int64)
@@ -141,7 +106,7 @@ def reserved_flags(labels: pa.Array, n: int) -> dict[str, np.ndarray]:
     """Per reserved entity (world, host, apiserver, remote_node, health): rows whose labels carry
     its `reserved:` label."""
     out = {name: np.zeros(n, dtype=bool) for name, _ in _RESERVED}
-    flat, parents = _list_parents(labels)
+    flat, parents = list_parents(labels)
     if len(flat) == 0:
         return out
     cand = _maybe_reserved(flat)
@@ -168,15 +133,10 @@ def _maybe_reserved(flat: pa.Array) -> np.ndarray | None:
     ninth), from the string offsets and bytes; None where the layout is not plain (large) utf8.
     A batch holds ~5 labels per endpoint, almost none reserved: hashing them all for an exact
     lookup costs several times this."""
-    if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
+    got = string_bytes(flat)
+    if got is None:
         return None
-    bufs = flat.buffers()
-    if bufs[2] is None:
-        return np.zeros(0, dtype=np.int64)
-    wide = pa.types.is_large_string(flat.type)
-    raw = np.frombuffer(bufs[1], np.int64 if wide else np.int32)[flat.offset:flat.offset + len(flat) + 1]
-    offsets: np.ndarray = raw.astype(np.int64)
-    data = np.frombuffer(bufs[2], np.uint8)
+    offsets, data = got
     starts = offsets[:-1]
     lengths = offsets[1:] - starts
     ok = lengths == _RESERVED_LENGTHS[0]
@@ -197,13 +157,7 @@ class Enrichment:
 
 def _workload(pod: pa.Array, workloads: pa.Array, n: int) -> pa.Array:
     """The first `workloads` name, else the owner derived from the pod name."""
-    found = _first_positions(workloads)
-    if found is not None:
-        # only the names are picked, not the whole workload structs
-        values, at = found
-        first_wl = pc.take(pc.struct_field(values, "name"), at)
-    else:
-        first_wl = pc.struct_field(first_item(workloads, n), "name")
+    first_wl = first_item(workloads, n, "name")
     return _fill(first_wl, lambda rows: map_unique(pc.take(pod, pa.array(rows)), workload_from_pod, pa.string()))
 
 
@@ -563,7 +517,7 @@ def _intel_answer(fr: Frame) -> pa.Array:
     n = fr.num_rows
     if not intel:
         return pa.nulls(n, pa.string())
-    flat, parents = _list_parents(fr.get("l7.dns.ips"))
+    flat, parents = list_parents(fr.get("l7.dns.ips"))
     if len(flat) == 0:
         return pa.nulls(n, pa.string())
     hits = map_unique(flat, intel.match_ip, pa.string())

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowtrail.util.arrays import first_item, list_parents, string_bytes
+
 STRING = pa.string()
 
 
@@ -152,29 +154,20 @@ class FlowView:
                     # filtered, instead of filtering the list column for each handler's rows
                     got = self._parent.first_where(path, None, field).filter(self._keep)
                 else:
-                    got = self._first_where(path, None, field)
+                    got = _as_text(first_item(self.col(path), self.n, field))
                 self._cache[key] = got
             return got
-        return self._first_where(path, flat_mask, field)
-
-    def _first_where(self, path: str, flat_mask: np.ndarray | None, field: str | None) -> pa.Array:
         lists = self.col(path)
-        flat = pc.list_flatten(lists)
-        parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        flat, parents = list_parents(lists)
         values = pc.struct_field(flat, [field]) if field is not None else flat
-        pick = np.arange(len(parents))
-        if flat_mask is not None:
-            pick = pick[flat_mask]
+        pick = np.flatnonzero(flat_mask)
         owners = parents[pick]
         # parents are non-decreasing: each row's first element starts a run
         first = np.ones(len(owners), bool)
         first[1:] = owners[1:] != owners[:-1]
         idx = np.full(self.n, -1, np.int64)
         idx[owners[first]] = pick[first]
-        taken = values.take(pa.array(idx, mask=idx < 0))
-        if taken.type != STRING:
-            taken = pc.cast(taken, STRING)
-        return pc.fill_null(taken, "")
+        return _as_text(values.take(pa.array(idx, mask=idx < 0)))
 
     def list_sets(self, path: str) -> tuple[np.ndarray, list[list[str]]] | None:
         """Per row, the index of its list of strings at ``path`` among the batch's distinct lists,
@@ -197,8 +190,12 @@ class FlowView:
 
     def flat(self, path: str) -> tuple[pa.Array, np.ndarray]:
         """The flattened elements of list ``path`` and the row each came from."""
-        lists = self.col(path)
-        return pc.list_flatten(lists), pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        return list_parents(self.col(path))
+
+
+def _as_text(values: pa.Array) -> pa.Array:
+    """A label column: strings, "" where null."""
+    return pc.fill_null(values if values.type == STRING else pc.cast(values, STRING), "")
 
 
 _SEP = "\x1f"  # joins a list's elements into one hashable string; checked not to occur in them
@@ -211,12 +208,11 @@ def _distinct_lists(lists: pa.Array) -> tuple[np.ndarray, list[list[str]]] | Non
     if flat.null_count:
         return None
     # two different lists join alike only if an element holds the separator: checked, not assumed
-    if len(flat) and flat.type == STRING:
-        offsets = np.frombuffer(flat.buffers()[1], np.int32, len(flat) + 1, flat.offset * 4)
-        chars = np.frombuffer(flat.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-        if np.count_nonzero(chars == ord(_SEP)):
-            return None
-    elif len(flat):
+    got = string_bytes(flat)
+    if got is None:
+        return None
+    offsets, data = got
+    if np.count_nonzero(data[offsets[0]:offsets[-1]] == ord(_SEP)):
         return None
     joined = pc.fill_null(pc.binary_join(lists, _SEP), "")
     enc = pc.dictionary_encode(joined)

@@ -26,7 +26,7 @@ from flowtrail.filters.base import Columns
 from flowtrail.policy.endpoints import Endpoint, Inventory, IPAddr, from_identity_labels, parse_ip
 from flowtrail.policy.evaluate import Connection, DirectionResult, Evaluator, HTTPRequest, Verdict
 from flowtrail.policy.model import CIDRPeer, FQDNPeer, IPNet, Rule
-from flowtrail.sources.decode import Decoded, Decoder, hyperscan_db, line_index
+from flowtrail.sources.decode import Decoded, Decoder, LineIndex, hyperscan_db
 from flowtrail.util.arrays import bool_mask
 
 REPLAY_PATHS = sorted(set(FEATURE_PATHS) | {
@@ -57,10 +57,10 @@ class ReplayDecoder(Decoder):
 
     def decode_block(self, data: bytes | bytearray, source: str = "<block>", first_line: int = 1,
                      needle_groups: Any = None, markers: Any = (), columns: bool = True,
-                     wanted: np.ndarray | None = None, index: Any = None) -> Decoded:
+                     wanted: np.ndarray | None = None, index: LineIndex | None = None) -> Decoded:
         if wanted is None and needle_groups is None and columns and data:
             if index is None:
-                index = line_index(data, self.max_line)  # handed on: the decoder indexes once
+                index = LineIndex(data, self.max_line)  # handed on: the decoder indexes once
             starts = index.starts
             skip = _lines_with(data, _REPLY, starts)
             if self.keep_dns_answers and skip.any():

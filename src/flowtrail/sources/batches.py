@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.sources import canonscan
-from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, line_index
+from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, LineIndex
 from flowtrail.sources.files import Input, MappedRange, iter_blocks, open_binary, read_range, split_ranges
 from flowtrail.sources.parallel import ordered_map
 
@@ -113,7 +113,7 @@ def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
     if job.regex is not None and data:
         arr: pa.Array | None = None
         if job.hs_db is not None and canonscan.AVAILABLE:
-            ix = line_index(data, job.decoder.max_line)  # the decoder's own, computed once
+            ix = LineIndex(data, job.decoder.max_line)  # the decoder's own, computed once
             starts = ix.starts
         else:
             arr, starts = line_array(data)

@@ -221,12 +221,7 @@ class Decoded:
         return self.rows.to_list()
 
 
-def line_index(data: bytes | bytearray, max_line: int) -> _Index:
-    """Where the lines of a block are and what they look like (for decode_block's ``index``)."""
-    return _Index(data, max_line)
-
-
-class _Index:
+class LineIndex:
     """Where the lines of a block are and what they look like, computed with numpy."""
 
     def __init__(self, data: bytes | bytearray, max_line: int) -> None:
@@ -370,7 +365,7 @@ class Decoder:
         markers: Sequence[bytes] = (),
         columns: bool = True,
         wanted: np.ndarray | None = None,
-        index: _Index | None = None,
+        index: LineIndex | None = None,
     ) -> Decoded:
         """Decode a block of whole lines.
 
@@ -382,9 +377,9 @@ class Decoder:
         (and, unless the decoder was built with ``checked=False``, their JSON checked).
         ``wanted`` (a boolean per line) is another prefilter: the lines the caller selected
         itself; lines that are not plain JSON objects are decoded as well. ``index``: this
-        block's :func:`line_index`, when the caller needed it to compute ``wanted``.
+        block's :class:`LineIndex`, when the caller needed it to compute ``wanted``.
         """
-        ix = index if index is not None else _Index(data, self.max_line)
+        ix = index if index is not None else LineIndex(data, self.max_line)
         stats = DecodeStats(lines=ix.count, blank=int(ix.empty.sum()))
         errors: list[DecodeError] = []
         if wanted is not None:
@@ -480,7 +475,7 @@ class Decoder:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _suspect(self, ix: _Index, idx: np.ndarray, arr: pa.Array) -> np.ndarray:
+    def _suspect(self, ix: LineIndex, idx: np.ndarray, arr: pa.Array) -> np.ndarray:
         """Which of the flow-shaped lines ``idx`` (``arr``: their bytes) need the exact path."""
         if len(idx) == ix.count:
             text, offsets = ix.data, ix.starts
@@ -626,7 +621,7 @@ def _fit(value: Any, typ: pa.DataType | pa.Schema) -> Any:
     return value
 
 
-def _candidates(ix: _Index, needle_groups: Sequence[Sequence[Sequence[bytes]]], markers: Sequence[bytes]) -> np.ndarray:
+def _candidates(ix: LineIndex, needle_groups: Sequence[Sequence[Sequence[bytes]]], markers: Sequence[bytes]) -> np.ndarray:
     """Lines that may pass the prefilter, and lines that must be looked at anyway."""
     chosen = ~ix.plain  # not a plain object: bad, blank, spaced out or with control bytes
     # control-byte markers (tabs, CRs) are in the lines that are not plain already
@@ -667,7 +662,7 @@ def _candidates(ix: _Index, needle_groups: Sequence[Sequence[Sequence[bytes]]], 
 _RAREST_GROUP: dict[Any, list[list[int]]] = {}
 
 
-def _lines_holding(ix: _Index, sets: Sequence[tuple[bytes, ...]]) -> list[np.ndarray]:
+def _lines_holding(ix: LineIndex, sets: Sequence[tuple[bytes, ...]]) -> list[np.ndarray]:
     """For each set of byte strings, the lines holding one of them. One Hyperscan pass finds all
     where Hyperscan is installed."""
     db = hyperscan_db(tuple(sets))
