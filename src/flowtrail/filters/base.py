@@ -10,19 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowtrail.util.arrays import one_array
+
 Mask = np.ndarray
 
 
 class FilterError(ValueError):
     """A FlowFilter that hubble would refuse to build."""
-
-
-def _one_array(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """A chunked column as one array; a single chunk as it is (combine_chunks copies even then:
-    ~12 ms for the flow struct of a 65k-row batch)."""
-    if not isinstance(arr, pa.ChunkedArray):
-        return arr
-    return arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
 
 
 class Columns:
@@ -32,14 +26,14 @@ class Columns:
         self.table = table
         self.n = table.num_rows
         flow = table.column("flow")
-        self._flow = _one_array(flow)
+        self._flow = one_array(flow)
         self._cache: dict[str, pa.Array] = {}
 
     def get(self, path: str) -> pa.Array:
         arr = self._cache.get(path)
         if arr is None:
             arr = pc.struct_field(self._flow, path.split("."))
-            arr = _one_array(arr)
+            arr = one_array(arr)
             self._cache[path] = arr
         return arr
 
@@ -51,7 +45,7 @@ class Columns:
         return np.asarray(self._flow.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 
     def top(self, name: str) -> pa.Array:
-        return _one_array(self.table.column(name))
+        return one_array(self.table.column(name))
 
 
 def to_mask(arr: pa.Array | pa.ChunkedArray) -> Mask:

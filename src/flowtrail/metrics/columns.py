@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.util.arrays import first_item, list_parents, string_bytes
+from flowtrail.util.arrays import first_item, list_parents, one_array, string_bytes
 
 STRING = pa.string()
 
@@ -31,14 +31,12 @@ class FlowView:
                  keep: np.ndarray | None = None) -> None:
         """``parent``/``keep`` (from :meth:`select`): a view of the parent's rows where ``keep``
         holds, each column filtered from the parent's when it is first read."""
-        if isinstance(flow, pa.ChunkedArray):
-            flow = flow.combine_chunks() if flow.num_chunks != 1 else flow.chunk(0)
-        self.flow: pa.Array = flow
+        self.flow: pa.Array = one_array(flow)
         self._parent = parent
         self._keep_np = keep
         self._keep = None if keep is None else pa.array(keep, pa.bool_())
-        self.n = len(flow) if keep is None else int(np.count_nonzero(keep))
-        self.valid: np.ndarray = _np_bool(flow.is_valid()) if keep is None else np.ones(self.n, bool)
+        self.n = len(self.flow) if keep is None else int(np.count_nonzero(keep))
+        self.valid: np.ndarray = _np_bool(self.flow.is_valid()) if keep is None else np.ones(self.n, bool)
         self._cache: dict[tuple[str, str], Any] = {}
 
     def select(self, rows: np.ndarray) -> tuple[FlowView, np.ndarray]:

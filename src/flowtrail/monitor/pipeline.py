@@ -463,7 +463,7 @@ class Monitor:
             self.stats.flows += big.num_rows - n_lost
             if own is not None and lost_total:
                 own.lost_events.labels(source=chunks[0].source).inc(lost_total)
-            t_metrics = time.perf_counter()
+            t_detect = time.perf_counter()
             if self.engine is not None:
                 self.engine.process(big)
                 new = self._emit(self.engine.drain(), chunks)
@@ -473,7 +473,7 @@ class Monitor:
                 self._note_time(big)
             if own is not None:
                 own.batch_seconds.labels(stage="decode").observe(p.decode_s)
-                own.batch_seconds.labels(stage="detect").observe(time.perf_counter() - t_metrics)
+                own.batch_seconds.labels(stage="detect").observe(time.perf_counter() - t_detect)
             if not self._metrics_tables:
                 self._metrics_since = time.monotonic()
             self._metrics_tables.append(big)

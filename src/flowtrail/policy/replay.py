@@ -27,7 +27,7 @@ from flowtrail.policy.endpoints import Endpoint, Inventory, IPAddr, from_identit
 from flowtrail.policy.evaluate import Connection, DirectionResult, Evaluator, HTTPRequest, Verdict
 from flowtrail.policy.model import CIDRPeer, FQDNPeer, IPNet, Rule
 from flowtrail.sources.decode import Decoded, Decoder, LineIndex, hyperscan_db
-from flowtrail.util.arrays import bool_mask
+from flowtrail.util.arrays import bool_mask, one_array
 
 REPLAY_PATHS = sorted(set(FEATURE_PATHS) | {
     "event_type.type", "l7.http.method", "l7.http.url", "l7.http.headers", "l7.dns.query", "l7.dns.ips",
@@ -743,9 +743,7 @@ class Replayer:
 
 
 def _col(table: pa.Table, name: str) -> pa.Array:
-    """A column as one Array (without the copy combine_chunks makes of a single chunk)."""
-    col = table.column(name)
-    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return one_array(table.column(name))
 
 
 def _ints(arr: pa.Array) -> np.ndarray:
