@@ -681,12 +681,12 @@ def test_suspect_and_rejected_lines_in_one_block_keep_table_rows_aligned() -> No
 def test_worker_tasks_join_ranges_but_keep_every_worker_busy() -> None:
     ranges = [(i * 10, i * 10 + 10) for i in range(31)]
     for nproc in (1, 2, 3, 8, 64):
-        tasks = engine._grouped(ranges, nproc)
+        tasks = files.grouped_ranges(ranges, nproc)
         assert tasks[0][0] == 0 and tasks[-1][1] == 310
         assert all(tasks[i][1] == tasks[i + 1][0] for i in range(len(tasks) - 1))
-        assert all(e - s <= 10 * engine.MAX_GROUP for s, e in tasks)
-        assert len(tasks) >= min(len(ranges), engine.TASKS_PER_WORKER * nproc)
-    assert engine._grouped([], 2) == []
+        assert all(e - s <= 10 * files.MAX_GROUP for s, e in tasks)
+        assert len(tasks) >= min(len(ranges), files.TASKS_PER_WORKER * nproc)
+    assert files.grouped_ranges([], 2) == []
 
 
 def test_scanner_is_built_where_a_compiler_exists() -> None:

@@ -28,6 +28,7 @@ from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, FileSpan
 from flowtrail.sources.files import (
     Input,
     MappedRange,
+    grouped_ranges,
     iter_blocks,
     open_binary,
     read_range_into,
@@ -211,23 +212,10 @@ def run_input(proc: BlockProcessor, inp: Input, workers: int | None = None) -> I
         gc.enable()
 
 
-MAX_GROUP = 4  # ranges in one worker task at most
-TASKS_PER_WORKER = 4
-
-
-def _grouped(ranges: list[tuple[int, int]], nproc: int) -> list[tuple[int, int]]:
-    """Runs of up to MAX_GROUP consecutive ranges joined into one, as long as every worker still
-    gets TASKS_PER_WORKER tasks or more. A task has fixed costs (a mapping, building the result;
-    without the C scanner, mostly RE2 compiling the canonical-spelling pattern, ~6 ms, which Arrow
-    does on every call), paid once per group. A few tasks per worker keep the last ones short."""
-    size = max(1, min(MAX_GROUP, len(ranges) // (TASKS_PER_WORKER * nproc)))
-    return [(ranges[i][0], ranges[min(i + size, len(ranges)) - 1][1]) for i in range(0, len(ranges), size)]
-
-
 def _run_parallel(proc: BlockProcessor, inp: Input, nproc: int) -> Iterator[BlockResult]:
     global _WORKER
     _WORKER = proc
-    ranges = _grouped(split_ranges(inp.path), nproc)
+    ranges = grouped_ranges(split_ranges(inp.path), nproc)
     line = 1
     # not closed here: results kept for --last still read from it
     spans = FileSpans(inp.path)

@@ -7,7 +7,10 @@ piping `flowtrail observe` into `head` pays that on every call.
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
+import sys
 
 import click
 
@@ -47,8 +50,32 @@ def cli() -> None:
     """flowtrail: security monitoring of Kubernetes network flows (Cilium Hubble, Retina)."""
 
 
+# Commands whose every output is stdout or stderr, so nothing is left to flush or close once
+# they return: the process ends without Python's teardown of its modules (~0.07 s after
+# `observe`, ~0.18 s after `detect`: freeing numpy, pyarrow and their objects one by one).
+FAST_EXIT = frozenset({"observe", "detect"})
+
+
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except SystemExit as exc:
+        if len(sys.argv) > 1 and sys.argv[1] in FAST_EXIT:
+            _exit_now(exc.code)
+        raise
+
+
+def _exit_now(code: object) -> None:
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    if code is not None and not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = status or 120  # what Python's own exit returns when the last flush fails
+    atexit._run_exitfuncs()  # what registered itself (pools, finalizers) still runs
+    os._exit(status)
 
 
 if __name__ == "__main__":

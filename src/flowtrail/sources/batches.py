@@ -21,7 +21,15 @@ import pyarrow.compute as pc
 
 from flowtrail.sources import canonscan
 from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, LineIndex
-from flowtrail.sources.files import Input, MappedRange, iter_blocks, open_binary, read_range, split_ranges
+from flowtrail.sources.files import (
+    Input,
+    MappedRange,
+    grouped_ranges,
+    iter_blocks,
+    open_binary,
+    read_range,
+    split_ranges,
+)
 from flowtrail.sources.parallel import ordered_map
 
 PARALLEL_MIN_BYTES = 32 << 20
@@ -152,9 +160,16 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
             if nproc > 1 and not inp.is_stdin and not inp.is_gzip() and inp.size() >= PARALLEL_MIN_BYTES:
                 _JOB = job
                 ranges = split_ranges(inp.path)
+                if prefilter is not None:
+                    # A prefiltered task returns a few hundred rows per 16 MB, so its fixed costs
+                    # (sending an Arrow table, concatenating it in the reader) dominate: join
+                    # ranges, and keep more tasks ahead so that workers go on scanning while
+                    # the reader judges a batch. Unfiltered results are whole tables: kept small.
+                    ranges = grouped_ranges(ranges, nproc)
                 line = 1
                 tasks = [(inp.path, s, e) for s, e in ranges]
-                for (start, end), b in zip(ranges, ordered_map(_work, tasks, nproc, inp.name), strict=True):
+                results = ordered_map(_work, tasks, nproc, inp.name, ahead=2 if prefilter is None else 4)
+                for (start, end), b in zip(ranges, results, strict=True):
                     for err in b.errors:
                         err.line += line - 1
                         err.source = inp.name

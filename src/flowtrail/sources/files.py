@@ -96,6 +96,21 @@ def iter_blocks(fh: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[tuple[by
         yield rest, line
 
 
+MAX_GROUP = 4  # ranges in one worker task at most
+TASKS_PER_WORKER = 4
+
+
+def grouped_ranges(ranges: list[tuple[int, int]], nproc: int, max_group: int = MAX_GROUP) -> list[tuple[int, int]]:
+    """Runs of up to ``max_group`` consecutive ranges joined into one, as long as every worker
+    still gets TASKS_PER_WORKER tasks or more. A task has fixed costs, paid once per group: a
+    mapping, a prefilter scan call, building and sending a result (an Arrow table's buffers are
+    pickled one by one), and in the reader one more table to concatenate; without the C scanner,
+    mostly RE2 compiling the canonical-spelling pattern (~6 ms), which Arrow does on every call.
+    A few tasks per worker keep the last ones short."""
+    size = max(1, min(max_group, len(ranges) // (TASKS_PER_WORKER * nproc)))
+    return [(ranges[i][0], ranges[min(i + size, len(ranges)) - 1][1]) for i in range(0, len(ranges), size)]
+
+
 def split_ranges(path: str, block_size: int = BLOCK_SIZE) -> list[tuple[int, int]]:
     """Byte ranges of a regular file, each ending just after a newline (or at EOF)."""
     size = os.path.getsize(path)
