@@ -16,6 +16,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
+from flowtrail.util.memory import reuse_large_allocations
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -30,6 +32,11 @@ def ordered_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int, what: st
     # pyarrow imports numpy.ma (~75 ms) the first time it converts a numpy array: imported once
     # here, before forking, rather than once in every worker
     import numpy.ma  # noqa: F401
+    # Every task allocates and frees megabytes (line index, extracted columns, results): kept in
+    # the heap instead of mapped and page-faulted in again per task (1M benchmark: observe's
+    # system time 0.69 → 0.54 s, detect 6.7 → 6.3 s of CPU; peak RSS unchanged). Inherited by
+    # the workers.
+    reuse_large_allocations()
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
         pending: deque[Future[R]] = deque()
         it = iter(tasks)
