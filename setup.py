@@ -1,18 +1,46 @@
-"""The package's one C extension: the canonical-spelling scanner of the decoder's fast path.
+"""The package's C extensions, both optional (everything else is in pyproject.toml):
 
-Everything else is in pyproject.toml. The extension is optional: without a C compiler the
-package installs and the decoder uses its slower pure-Arrow checks (flowtrail.sources.canonscan).
+* ``_canonscan``: the canonical-spelling scanner of the decoder's fast path; without a C compiler
+  the decoder uses its slower pure-Arrow checks (flowtrail.sources.canonscan);
+* ``_hsmatch``: the line prefilter on the system's Hyperscan (Debian: libhyperscan-dev), built
+  where its header is found; elsewhere the PyPI ``hyperscan`` wheel does the same work, slower
+  (flowtrail.sources.linematch).
 """
+
+import os
+import shutil
+import subprocess
 
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "flowtrail.sources._canonscan",
-            ["src/flowtrail/sources/_canonscan.c"],
-            extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-            optional=True,
-        )
-    ]
-)
+FLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
+
+def _hyperscan_flags() -> tuple[list[str], list[str]] | None:
+    """(include dirs, library dirs) of the system's Hyperscan, or None where it is absent."""
+    if shutil.which("pkg-config"):
+        try:
+            cflags = subprocess.run(["pkg-config", "--cflags-only-I", "libhs"], capture_output=True, text=True,
+                                    check=True).stdout.split()
+            libs = subprocess.run(["pkg-config", "--libs-only-L", "libhs"], capture_output=True, text=True,
+                                  check=True).stdout.split()
+            # pkg-config names the hs/ directory itself; the source includes <hs/hs.h>
+            incs = [os.path.dirname(f[2:].rstrip("/")) if f[2:].rstrip("/").endswith("/hs") else f[2:] for f in cflags]
+            return incs, [f[2:] for f in libs]
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    for base in ("/usr/include", "/usr/local/include"):
+        if os.path.exists(os.path.join(base, "hs", "hs.h")):
+            return [base], []
+    return None
+
+
+extensions = [Extension("flowtrail.sources._canonscan", ["src/flowtrail/sources/_canonscan.c"],
+                        extra_compile_args=FLAGS, optional=True)]
+hs = _hyperscan_flags()
+if hs is not None and not os.environ.get("FLOWTRAIL_NO_SYSTEM_HYPERSCAN"):
+    extensions.append(Extension("flowtrail.sources._hsmatch", ["src/flowtrail/sources/_hsmatch.c"],
+                                include_dirs=hs[0], library_dirs=hs[1], libraries=["hs"],
+                                extra_compile_args=FLAGS, optional=True))
+
+setup(ext_modules=extensions)

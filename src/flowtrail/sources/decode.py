@@ -37,6 +37,7 @@ from flowtrail.model.normalize import NormalizeError, normalize_event
 from flowtrail.model.schema import envelope_arrow_schema
 from flowtrail.sources import canonscan
 from flowtrail.sources.canonical import LARGE_ENUMS, SUSPECT, SUSPECT_RARE
+from flowtrail.sources.linematch import LineMatcher
 
 DEFAULT_MAX_LINE = 1 << 20  # bytes; hubble's own reader gives up at 64 KiB, real flows are ~1-2 KiB
 FLOW_PREFIX = b'{"flow":{'
@@ -675,19 +676,9 @@ _RAREST_GROUP: dict[Any, list[list[int]]] = {}
 def _lines_holding(ix: LineIndex, sets: Sequence[tuple[bytes, ...]]) -> list[np.ndarray]:
     """For each set of byte strings, the lines holding one of them. One Hyperscan pass finds all
     where Hyperscan is installed."""
-    db = hyperscan_db(tuple(sets))
-    if db is not None and ix.data:
-        ends: list[int] = []
-        ids: list[int] = []
-
-        def on_match(pattern: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
-            ends.append(end)
-            ids.append(pattern)
-
-        db.scan(ix.data, match_event_handler=on_match)
-        line = np.searchsorted(ix.starts, np.asarray(ends, np.int64) - 1, side="right") - 1
-        pairs = np.unique(line * len(sets) + np.asarray(ids, np.int64))
-        line, which = pairs // len(sets), pairs % len(sets)
+    matcher = needle_matcher(tuple(sets))
+    if matcher is not None and ix.data:
+        line, which = matcher.lines(ix.data, ix.starts)
         return [line[which == k] for k in range(len(sets))]
     out = []
     # (a mapped file range has no find(): this fallback, for a pattern Hyperscan refused, copies it)
@@ -700,31 +691,17 @@ def _lines_holding(ix: LineIndex, sets: Sequence[tuple[bytes, ...]]) -> list[np.
     return out
 
 
-_HS_DATABASES: dict[tuple[tuple[bytes, ...], ...], Any] = {}
+_MATCHERS: dict[tuple[tuple[bytes, ...], ...], LineMatcher | None] = {}
 
 
-def hyperscan_db(sets: tuple[tuple[bytes, ...], ...]) -> Any:
-    """A Hyperscan database matching the byte strings of ``sets``, each reported with the index
-    of its set; None without Hyperscan. Built once per needle set and process."""
-    if sets in _HS_DATABASES:
-        return _HS_DATABASES[sets]
-    db = None
-    try:
-        import hyperscan
-    except ImportError:
-        pass
-    else:
+def needle_matcher(sets: tuple[tuple[bytes, ...], ...]) -> LineMatcher | None:
+    """A matcher of the byte strings of ``sets``, each reported with the index of its set; None
+    without Hyperscan. Built once per needle set and process."""
+    if sets not in _MATCHERS:
         patterns = [(i, b"".join(b"\\x%02x" % c for c in needle)) for i, needles in enumerate(sets)
                     for needle in needles if needle]
-        if patterns:
-            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            try:
-                db.compile(expressions=[p for _, p in patterns], ids=[i for i, _ in patterns],
-                           elements=len(patterns), flags=[0] * len(patterns))
-            except hyperscan.error:
-                db = None  # the plain search below does the same, more slowly
-    _HS_DATABASES[sets] = db
-    return db
+        _MATCHERS[sets] = LineMatcher.compile([p for _, p in patterns], [i for i, _ in patterns]) if patterns else None
+    return _MATCHERS[sets]
 
 
 def _occurrences(data: bytes | bytearray, needle: bytes, out: list[int]) -> None:

@@ -1,0 +1,93 @@
+"""Which lines of a block hold a match of which pattern set: the one primitive of every prefilter
+(observe's filter needles, detect's rule patterns, the policy replay's reply skip).
+
+Hyperscan scans a whole block for all patterns at once. Two ways to run it:
+
+* ``_hsmatch`` (``_hsmatch.c``), built where the system's Hyperscan is installed (Debian:
+  libhyperscan-dev): its fat runtime uses AVX2 where the CPU has it, and matches become lines in
+  C. On the 1M benchmark file here: detect's 24 patterns ~0.9-1.2 GB/s, observe's
+  ``--verdict DROPPED`` needles ~7 GB/s;
+* the PyPI ``hyperscan`` wheel otherwise: its bundled library is built for SSE only (~0.55-0.75
+  and ~2.5 GB/s on the same scans) and calls into Python for every match.
+
+``FLOWTRAIL_NO_SYSTEM_HYPERSCAN=1`` makes the wheel do it (the tests compare the two).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+try:
+    from flowtrail.sources import _hsmatch
+except ImportError:  # not built: no system Hyperscan, or no C compiler
+    _hsmatch = None  # type: ignore[assignment]
+
+NATIVE = _hsmatch is not None and not os.environ.get("FLOWTRAIL_NO_SYSTEM_HYPERSCAN")
+
+
+class LineMatcher:
+    """Patterns (Hyperscan syntax, none spanning a newline), each reporting a set id."""
+
+    def __init__(self, db: Any, nsets: int, native: bool) -> None:
+        self._db = db
+        self.nsets = nsets
+        self.native = native
+
+    @classmethod
+    def compile(cls, patterns: Sequence[bytes], ids: Sequence[int], native: bool | None = None) -> LineMatcher | None:
+        """None where Hyperscan is not installed or refuses a pattern (callers then search
+        otherwise)."""
+        if not patterns:
+            return None
+        nsets = max(ids) + 1
+        use_native = NATIVE if native is None else (native and _hsmatch is not None)
+        if use_native:
+            try:
+                return cls(_hsmatch.Database(list(patterns), list(ids)), nsets, True)
+            except ValueError:
+                return None
+        try:
+            import hyperscan
+        except ImportError:
+            return None
+        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        try:
+            db.compile(expressions=list(patterns), ids=list(ids), elements=len(patterns), flags=[0] * len(patterns))
+        except hyperscan.error:
+            return None
+        return cls(db, nsets, False)
+
+    def lines(self, data: Any, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lines, sets): the distinct pairs of a line of ``data`` (line j begins at
+        ``starts[j]``, starts[0] == 0) and a set with a match ending on it, by line then set."""
+        starts = np.ascontiguousarray(starts, np.int64)
+        if not len(starts) or not len(data):
+            return np.zeros(0, np.int64), np.zeros(0, np.int32)
+        if self.native:
+            raw_lines, raw_sets = self._db.lines(data, starts, self.nsets)
+            line = np.frombuffer(raw_lines, np.int64)
+            which = np.frombuffer(raw_sets, np.int32).astype(np.int64)
+        else:
+            ends: list[int] = []
+            ids: list[int] = []
+
+            def on_match(pattern: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
+                ends.append(end)
+                ids.append(pattern)
+
+            self._db.scan(data, match_event_handler=on_match)
+            line = np.searchsorted(starts, np.asarray(ends, np.int64) - 1, side="right") - 1
+            which = np.asarray(ids, np.int64)
+        pairs = np.unique(line * self.nsets + which)
+        return pairs // self.nsets, (pairs % self.nsets).astype(np.int32)
+
+    def mask(self, data: Any, starts: np.ndarray) -> np.ndarray:
+        """Boolean per line: whether a pattern of any set matches it."""
+        out = np.zeros(len(starts), bool)
+        line, _ = self.lines(data, starts)
+        out[line] = True
+        return out
