@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flowtrail.detect.fixtures import fixture_dir, run_fixtures, run_rule_on
-from flowtrail.detect.rules import RuleError, apply_config, load_rules, parse_rules
+from flowtrail.detect.rules import RuleError, apply_config, builtin_rule_files, load_rules, parse_rules
 from flowtrail.lab.scenarios import SCENARIOS
 from flowtrail.lab.simulate import NS, Options, simulate
 
@@ -128,6 +128,18 @@ def test_rule_errors_name_file_and_line(tmp_path: Path) -> None:
     f.write_text(text)
     res = flowtrail("rules", "validate", str(f))
     assert res.returncode != 0 and f"{f}:5:".encode() in res.stderr
+
+
+def test_builtin_pack_is_schema_valid_and_user_files_are_checked(tmp_path: Path) -> None:
+    """`detect` skips the schema check of the built-in pack (it is checked here, and by `rules
+    validate`); a user's rule file is always checked."""
+    for source, text in builtin_rule_files():
+        assert parse_rules(text, source, validate=True)
+    assert flowtrail("rules", "validate").returncode == 0
+    f = tmp_path / "r.yaml"
+    f.write_text("rules:\n  - id: my.rule\n    title: t\n    category: scan\n    severity: loud\n    description: d\n")
+    with pytest.raises(RuleError, match=r"r.yaml:5: rules/0/severity"):
+        load_rules([str(f)])
 
 
 def test_user_rules_and_config_overrides(tmp_path: Path) -> None:

@@ -248,7 +248,7 @@ def rules_list(rule_dirs: tuple[str, ...], output: str) -> None:
 def rules_validate(paths: tuple[str, ...]) -> None:
     """Validate rule files (the built-in pack when no PATH is given)."""
     try:
-        rules = load_rules(list(paths), builtin=not paths)
+        rules = load_rules(list(paths), builtin=not paths, validate_builtin=True)
         Engine(rules, Enrichment(), Baseline())
     except RuleError as exc:
         raise click.ClickException(str(exc)) from None
