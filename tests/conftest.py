@@ -18,6 +18,19 @@ SAMPLES_DIR = SHARED / "data" / "hubble-samples"
 BUNDLED = REPO / "src" / "flowtrail" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Compiled prefilters are cached under the user's home; the tests (and the CLIs they start)
+    keep theirs in a temporary directory."""
+    before = os.environ.get("FLOWTRAIL_CACHE_DIR")
+    os.environ["FLOWTRAIL_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["FLOWTRAIL_CACHE_DIR"]
+    else:
+        os.environ["FLOWTRAIL_CACHE_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def _utc() -> None:
     os.environ["TZ"] = "UTC"

@@ -111,3 +111,25 @@ def test_system_hyperscan_is_used_where_installed() -> None:
     wheel's SSE-only copy scans 1.5-3x slower."""
     if os.path.exists("/usr/include/hs/hs.h") and not os.environ.get("FLOWTRAIL_NO_SYSTEM_HYPERSCAN"):
         assert linematch._hsmatch is not None and linematch.NATIVE
+
+
+def test_compiled_databases_are_cached_and_a_bad_file_is_compiled_again(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if linematch._hsmatch is None:
+        pytest.skip("built without the system's Hyperscan")
+    monkeypatch.setenv("FLOWTRAIL_CACHE_DIR", str(tmp_path))
+    patterns, ids = [b'"verdict":"DROPPED"', b"lost_events", b'"query":"[^"\\n]*\\.com\\.?"'], [0, 1, 1]
+    data = _samples()
+    fresh = LineMatcher.compile(patterns, ids, native=True)
+    assert fresh is not None
+    files = list((tmp_path / "hyperscan").glob("*.hsdb"))
+    assert len(files) == 1
+    cached = LineMatcher.compile(patterns, ids, native=True)
+    assert cached is not None and _pairs(cached, data) == _pairs(fresh, data) == _reference(data, patterns, ids)
+    files[0].write_bytes(b"not a database")
+    again = LineMatcher.compile(patterns, ids, native=True)
+    assert again is not None and _pairs(again, data) == _pairs(fresh, data)
+    assert files[0].read_bytes() != b"not a database"  # rewritten
+    monkeypatch.setenv("FLOWTRAIL_CACHE_DIR", "")
+    assert linematch.cache_dir() is None
+    assert LineMatcher.compile([b"x"], [0], native=True) is not None

@@ -187,9 +187,50 @@ done:
     return result;
 }
 
+static PyObject *Database_serialize(Database *self, PyObject *unused) {
+    if (!self->db) { PyErr_SetString(PyExc_RuntimeError, "database not compiled"); return NULL; }
+    char *bytes = NULL;
+    size_t len = 0;
+    if (hs_serialize_database(self->db, &bytes, &len) != HS_SUCCESS) return PyErr_NoMemory();
+    PyObject *out = PyBytes_FromStringAndSize(bytes, (Py_ssize_t)len);
+    free(bytes); /* the misc allocator: malloc unless hs_set_misc_allocator was called */
+    return out;
+}
+
+static PyObject *Database_deserialize(PyTypeObject *type, PyObject *args) {
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "y*", &b)) return NULL;
+    hs_database_t *db = NULL;
+    hs_error_t rc = hs_deserialize_database((const char *)b.buf, (size_t)b.len, &db);
+    PyBuffer_Release(&b);
+    if (rc != HS_SUCCESS) {
+        PyErr_Format(PyExc_ValueError, "not a usable Hyperscan database (%d)", (int)rc);
+        return NULL;
+    }
+    hs_scratch_t *scratch = NULL;
+    if (hs_alloc_scratch(db, &scratch) != HS_SUCCESS) {
+        /* also what a database built for another CPU gives */
+        hs_free_database(db);
+        PyErr_SetString(PyExc_ValueError, "Hyperscan database not usable on this CPU");
+        return NULL;
+    }
+    Database *self = (Database *)type->tp_alloc(type, 0);
+    if (!self) {
+        hs_free_scratch(scratch);
+        hs_free_database(db);
+        return NULL;
+    }
+    self->db = db;
+    self->proto = scratch;
+    return (PyObject *)self;
+}
+
 static PyMethodDef Database_methods[] = {
     {"lines", (PyCFunction)Database_lines, METH_VARARGS,
      "lines(data, starts, nsets) -> (int64 lines, int32 sets): the distinct (line, set) pairs of matches."},
+    {"serialize", (PyCFunction)Database_serialize, METH_NOARGS, "The compiled database as bytes."},
+    {"deserialize", (PyCFunction)Database_deserialize, METH_VARARGS | METH_CLASS,
+     "deserialize(bytes) -> Database: one serialize() wrote (ValueError when unusable here)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -204,7 +245,20 @@ static PyTypeObject DatabaseType = {
     .tp_methods = Database_methods,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hsmatch", NULL, -1, NULL, NULL, NULL, NULL, NULL};
+static PyObject *build_tag(PyObject *self, PyObject *unused) {
+    /* what a compiled database depends on: the library's version and the CPU it targets */
+    hs_platform_info_t plat;
+    if (hs_populate_platform(&plat) != HS_SUCCESS) memset(&plat, 0, sizeof plat);
+    return PyUnicode_FromFormat("%s tune=%u features=%llu", hs_version(), plat.tune,
+                                (unsigned long long)plat.cpu_features);
+}
+
+static PyMethodDef module_methods[] = {
+    {"build_tag", build_tag, METH_NOARGS, "Hyperscan's version and the host platform it compiles for."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hsmatch", NULL, -1, module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__hsmatch(void) {
     if (hs_valid_platform() != HS_SUCCESS) {

@@ -11,12 +11,21 @@ Hyperscan scans a whole block for all patterns at once. Two ways to run it:
   and ~2.5 GB/s on the same scans) and calls into Python for every match.
 
 ``FLOWTRAIL_NO_SYSTEM_HYPERSCAN=1`` makes the wheel do it (the tests compare the two).
+
+Compiling a database is not free: detect's rule pack takes ~0.12 s, before its decode workers can
+start. Compiled databases are kept in ``$XDG_CACHE_HOME/flowtrail/hyperscan`` (``~/.cache``;
+``FLOWTRAIL_CACHE_DIR`` overrides, ``FLOWTRAIL_CACHE_DIR=`` turns it off), keyed by the patterns,
+Hyperscan's version and the CPU features they were compiled for; a file that cannot be read or
+used is compiled again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +56,7 @@ class LineMatcher:
         use_native = NATIVE if native is None else (native and _hsmatch is not None)
         if use_native:
             try:
-                return cls(_hsmatch.Database(list(patterns), list(ids)), nsets, True)
+                return cls(_native_database(list(patterns), list(ids)), nsets, True)
             except ValueError:
                 return None
         try:
@@ -91,3 +100,34 @@ class LineMatcher:
         line, _ = self.lines(data, starts)
         out[line] = True
         return out
+
+
+def cache_dir() -> Path | None:
+    if "FLOWTRAIL_CACHE_DIR" in os.environ:
+        value = os.environ["FLOWTRAIL_CACHE_DIR"]
+        return Path(value) / "hyperscan" if value else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "flowtrail" / "hyperscan"
+
+
+def _native_database(patterns: list[bytes], ids: list[int]) -> Any:
+    assert _hsmatch is not None
+    where = cache_dir()
+    if where is None:
+        return _hsmatch.Database(patterns, ids)
+    key = hashlib.sha256(repr((_hsmatch.build_tag(), patterns, ids)).encode()).hexdigest()
+    path = where / f"{key}.hsdb"
+    try:
+        return _hsmatch.Database.deserialize(path.read_bytes())
+    except (OSError, ValueError):
+        pass
+    db = _hsmatch.Database(patterns, ids)  # ValueError: a pattern Hyperscan refuses
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        # written whole, then renamed: a concurrent run reads the old file or the new, never half
+        with tempfile.NamedTemporaryFile(dir=where, suffix=".tmp", delete=False) as tmp:
+            tmp.write(db.serialize())
+        os.replace(tmp.name, path)
+    except OSError:
+        pass  # a read-only or full home: compiled again next time
+    return db
