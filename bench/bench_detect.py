@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import measured  # noqa: E402
+from common import measured, warn_without_system_hyperscan  # noqa: E402
 
 JQ = (
     'select((.flow.destination.labels // [] | index("reserved:kube-apiserver")) and '
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jq-repeat", type=int, default=1)
     ap.add_argument("--write-md")
     args = ap.parse_args(argv)
+    warn_without_system_hyperscan(str(REPO / ".venv" / "bin" / "python"))
     data = REPO / "bench" / "data" / f"flows-{args.flows}.jsonl"
     data.parent.mkdir(exist_ok=True)
     if not data.exists():

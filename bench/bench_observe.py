@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from common import warn_without_system_hyperscan  # noqa: E402
 
 
 def run(cmd: list[str]) -> tuple[float, int, int]:
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="run only the tools whose name starts with this (e.g. flowtrail)")
     ap.add_argument("--write-md", help="rewrite the table of this file; sections after it are kept")
     args = ap.parse_args(argv)
+    warn_without_system_hyperscan(str(REPO / ".venv" / "bin" / "python"))
     data = REPO / "bench" / "data" / f"flows-{args.flows}.jsonl"
     if not data.exists():
         subprocess.run([sys.executable, str(REPO / "bench" / "genflows.py"), "-n", str(args.flows), "-o", str(data)],

@@ -26,3 +26,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def warn_without_system_hyperscan(python: str) -> None:
+    """The prefilters run 1.5-3x slower on the PyPI wheel's Hyperscan (no AVX2 code) than on the
+    system's (Debian: libhyperscan-dev, found by `make install`): say so before measuring."""
+    code = "from flowtrail.sources import linematch; print(int(linematch.NATIVE))"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False).stdout.strip()
+    if out != "1":
+        print("warning: flowtrail's prefilter runs on the PyPI hyperscan wheel here, not the system's "
+              "Hyperscan: install libhyperscan-dev, then `make install`, to measure what docs/benchmarks.md "
+              "records", file=sys.stderr, flush=True)
