@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import click
-
 from flowtrail.cli.engine import BlockProcessor, BlockResult, ObserveSpec, Totals, run_input
 from flowtrail.filters import FilterError, FilterSet
 from flowtrail.filters.compile import parse_filter_json
@@ -413,15 +411,3 @@ def _silence_stdout() -> None:
     # after a closed pipe (e.g. `| head`), stop Python from complaining at exit
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-
-
-@click.command("observe", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                            "help_option_names": []},
-               add_help_option=False, help=OBSERVE_HELP,
-               short_help="Filter and print Hubble flows, like `hubble observe --input-file`.")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def observe_cmd(args: tuple[str, ...]) -> None:
-    # hubble's flags are order-sensitive (--not applies to the next filter flag), so they are
-    # parsed by observe_main rather than by click.
-    raise SystemExit(observe_main(list(args)))
-
