@@ -174,3 +174,32 @@ def test_real_sample_replay_is_byte_exact(tmp_path: Path) -> None:
     f = FileFollower(str(SAMPLE), until_eof=True, max_chunk_bytes=4096)
     data = b"".join(c.data for c in f.chunks(threading.Event()))
     assert data == SAMPLE.read_bytes()
+
+
+def test_reads_restart_at_line_starts_and_count_lines(tmp_path: Path) -> None:
+    """Each read starts at a line's start (the unterminated end of a read is read again): lines
+    cut by small reads come out whole, numbered without gaps, and an unterminated last line is
+    handed on at the end of a replay."""
+    p = tmp_path / "events.log"
+    lines = _lines(200)
+    p.write_bytes(b"".join(x + b"\n" for x in lines) + b'{"flow":{"uuid":"last"}}')
+    f = FileFollower(str(p), until_eof=True, max_chunk_bytes=1000)
+    chunks = list(f.chunks(threading.Event()))
+    assert b"".join(c.data for c in chunks) == p.read_bytes() + b"\n"
+    assert all(c.data.endswith(b"\n") for c in chunks)
+    expect = 1
+    for c in chunks:
+        assert c.first_line == expect and c.lines == c.data.count(b"\n")
+        expect += c.lines
+    assert f.stats["lines"] == 201 and f.stats["bytes"] == p.stat().st_size
+    assert f.stats["overlong_lines"] == 0
+
+
+def test_a_line_longer_than_a_read_is_handed_on_in_pieces(tmp_path: Path) -> None:
+    p = tmp_path / "events.log"
+    endless = b"x" * 2500
+    p.write_bytes(_lines(1)[0] + b"\n" + endless + b"\n" + _lines(1, 1)[0] + b"\n")
+    f = FileFollower(str(p), until_eof=True, max_chunk_bytes=1000)
+    out = b"".join(c.data for c in f.chunks(threading.Event())).splitlines()
+    assert out[0] == _lines(1)[0] and out[-1] == _lines(1, 1)[0]  # the lines around it survive
+    assert b"".join(out[1:-1]) == endless and f.stats["overlong_lines"] == 2

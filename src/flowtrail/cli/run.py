@@ -14,6 +14,7 @@ import click
 
 from flowtrail.monitor import config as cfgmod
 from flowtrail.monitor.config import ConfigError
+from flowtrail.util.memory import reuse_large_allocations
 
 log = logging.getLogger("flowtrail.run")
 
@@ -299,6 +300,11 @@ def run_cmd(config_path: str | None, print_default_config: bool, once: bool, **f
     if print_default_config:
         click.echo(cfgmod.DEFAULT_CONFIG_YAML, nl=False)
         return
+    # Followed files are read 4 MB at a time and decoded in blocks: freed blocks stay in the heap
+    # for the next ones instead of being mapped and page-faulted in again (the follower alone:
+    # 2.2 → 0.9 s of CPU per 1.7 GB). Bounded for a long-running process: at most 128 MB of
+    # freed memory is kept.
+    reuse_large_allocations(mmap_threshold=16 << 20, trim_threshold=128 << 20)
     from flowtrail.monitor import logs
     try:
         cfg = _apply_flags(cfgmod.load(config_path), **flags)

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from flowtrail.sources.canonscan import count_newlines
 from flowtrail.sources.chunk import Chunk
 
 
@@ -30,7 +31,7 @@ class ChunkQueue:
     @staticmethod
     def _n(ch: Chunk) -> int:
         if not ch.lines:
-            ch.lines = ch.data.count(b"\n")
+            ch.lines = count_newlines(ch.data)
         return ch.lines
 
     @property

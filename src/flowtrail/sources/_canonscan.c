@@ -858,6 +858,43 @@ done:
     return result;
 }
 
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,popcnt"))) static Py_ssize_t newlines_avx2(const uint8_t *buf, Py_ssize_t n,
+                                                                       Py_ssize_t *done) {
+    const __m256i nl = _mm256_set1_epi8('\n');
+    Py_ssize_t p = 0, count = 0;
+    for (; n - p >= 64; p += 64) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(buf + p));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(buf + p + 32));
+        count += __builtin_popcount((unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(a, nl)));
+        count += __builtin_popcount((unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(b, nl)));
+    }
+    *done = p;
+    return count;
+}
+#endif
+
+/* The number of newline bytes in a buffer: a followed file's chunk is counted before it is
+   queued (its line numbers), and bytes.count runs at ~1.4 GB/s here, holding the GIL. */
+static PyObject *newlines(PyObject *self, PyObject *args) {
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "y*", &b)) return NULL;
+    const uint8_t *buf = (const uint8_t *)b.buf;
+    Py_ssize_t n = b.len, p = 0, count = 0;
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2 < 0) use_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    const int avx2 = use_avx2;
+#endif
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (avx2) count = newlines_avx2(buf, n, &p);
+#endif
+    for (; p < n; p++) count += buf[p] == '\n';
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyObject *fnv(PyObject *self, PyObject *args) {
     Py_buffer b;
     unsigned int owner;
@@ -873,6 +910,7 @@ static PyMethodDef methods[] = {
     {"extract", extract, METH_VARARGS, "Mark the lines that are not canonical Hubble flow events; "
                                        "the projected values of the others."},
     {"index", index_lines, METH_VARARGS, "Where the lines of a block are and which are plain flow objects."},
+    {"newlines", newlines, METH_VARARGS, "The number of newline bytes in a buffer."},
     {"slot_hash", fnv, METH_VARARGS, "The table hash of a name under an owner (for laying out the table)."},
     {NULL, NULL, 0, NULL},
 };

@@ -278,3 +278,11 @@ class _Builder:
         if spec.kind == "bool":
             return pa.array(values.astype(bool), pa.bool_(), mask=None if valid is None else ~valid)
         return pa.array(values, spec.type, mask=None if valid is None else ~valid)
+
+
+def count_newlines(data: Any) -> int:
+    """Newline bytes in ``data`` (bytes, bytearray or a memoryview): the C scanner's count (~10x
+    bytes.count here, without holding the GIL) where it is built."""
+    if _canonscan is not None:
+        return _canonscan.newlines(data)
+    return bytes(data).count(b"\n") if isinstance(data, memoryview) else data.count(b"\n")

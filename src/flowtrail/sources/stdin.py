@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from flowtrail.sources.canonscan import count_newlines
 from flowtrail.sources.chunk import Chunk
 
 READ_SIZE = 1 << 20
@@ -47,7 +48,7 @@ class StdinSource:
                 body, partial = partial + data + b"\n", b""
             else:
                 body, partial = partial + data[:cut + 1], data[cut + 1:]
-            n = body.count(b"\n")
+            n = count_newlines(body)
             self.stats["lines"] += n
             yield Chunk(body, "-", line + 1, received, None, n)
             line += n
