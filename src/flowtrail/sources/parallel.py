@@ -25,9 +25,9 @@ R = TypeVar("R")
 def ordered_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int, what: str,
                 ahead: int = 2) -> Iterator[R]:
     """``fn(task)`` for every task in forked workers, yielded in task order. ``what`` names the
-    input in the error raised when a worker dies. ``ahead`` tasks per worker are submitted
-    beyond the one the reader waits for: more lets workers go on while the reader is busy with
-    a result, at the price of that many results held in memory."""
+    input in the error raised when a worker dies. ``ahead`` × ``workers`` tasks are in flight
+    at once: more lets the workers go on while the reader is busy with a result, at the price of
+    that many results held in memory."""
     window = ahead * workers
     # pyarrow imports numpy.ma (~75 ms) the first time it converts a numpy array: imported once
     # here, before forking, rather than once in every worker

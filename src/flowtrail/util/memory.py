@@ -22,10 +22,14 @@ def reuse_large_allocations(mmap_threshold: int = 256 << 20, trim_threshold: int
     if _done:
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # the process's own symbols hold the C library's (find_library runs ldconfig: ~3 ms on
+        # the start-up path of every command that forks decode workers)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False
+        try:
+            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        except (OSError, AttributeError):
+            return False
     ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
     _done = ok
     return ok
