@@ -43,8 +43,6 @@ def cli() -> None:
     """flowtrail: security monitoring of Kubernetes network flows (Cilium Hubble, Retina)."""
 
 
-
-
 @click.command("observe", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                             "help_option_names": []},
                add_help_option=False,

@@ -93,8 +93,9 @@ class FileFollower:
 
     def __init__(self, path: str, state_file: str | Path | None = None, start: str = "beginning",
                  poll_interval_s: float = 0.1, max_chunk_bytes: int = READ_SIZE,
-                 max_line_bytes: int = 1 << 20, until_eof: bool = False) -> None:
-        """`until_eof`: stop at the end of the file instead of waiting for more (a replay)."""
+                 until_eof: bool = False) -> None:
+        """`until_eof`: stop at the end of the file instead of waiting for more (a replay).
+        `max_chunk_bytes`: one read, and so the most memory a line without a newline takes."""
         if start not in ("beginning", "end"):
             raise ValueError(f"start must be 'beginning' or 'end', not {start!r}")
         self.path = path
@@ -103,7 +104,6 @@ class FileFollower:
         self.start = start
         self.poll_interval_s = poll_interval_s
         self.max_chunk_bytes = max_chunk_bytes
-        self.max_line_bytes = max_line_bytes
         self.until_eof = until_eof
         self.stats: dict[str, Any] = {"bytes": 0, "lines": 0, "rotations": 0, "truncations": 0,
                                       "overlong_lines": 0, "connected": False}
