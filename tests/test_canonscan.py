@@ -281,3 +281,21 @@ def test_line_index_equals_the_numpy_one(parts: list[bytes], max_line: int) -> N
     finally:
         canonscan.AVAILABLE = before
     assert got[0] == got[1]
+
+
+@given(st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b), max_size=30), st.data())
+@settings(max_examples=150, deadline=None)
+def test_gathered_lines_are_the_spans_each_with_a_newline(lines: list[bytes], data: st.DataObject) -> None:
+    block = b"".join(line + b"\n" for line in lines)
+    starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]]).astype(np.int64) if lines else np.zeros(0, np.int64)
+    keep = np.array(data.draw(st.lists(st.booleans(), min_size=len(lines), max_size=len(lines))), bool)
+    lens = np.array([len(line) for line in lines], np.int64)
+    got = canonscan.gather_lines(memoryview(block), starts[keep], (starts + lens)[keep] if lines else starts)
+    assert got == b"".join(line + b"\n" for line, k in zip(lines, keep, strict=True) if k)
+
+
+def test_gather_refuses_spans_outside_the_buffer() -> None:
+    if canonscan._canonscan is None:
+        pytest.skip("C scanner not built")
+    with pytest.raises(ValueError):
+        canonscan.gather_lines(b"abc\n", np.array([0], np.int64), np.array([9], np.int64))

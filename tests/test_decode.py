@@ -686,6 +686,10 @@ def test_worker_tasks_join_ranges_but_keep_every_worker_busy() -> None:
         assert all(tasks[i][1] == tasks[i + 1][0] for i in range(len(tasks) - 1))
         assert all(e - s <= 10 * files.MAX_GROUP for s, e in tasks)
         assert len(tasks) >= min(len(ranges), files.TASKS_PER_WORKER * nproc)
+    # the last tasks are single ranges: the workers finish close together
+    tasks = files.grouped_ranges([(i * 10, i * 10 + 10) for i in range(101)], 2)
+    assert tasks[-4:] == [(970, 980), (980, 990), (990, 1000), (1000, 1010)]
+    assert max(e - s for s, e in tasks) == 10 * files.MAX_GROUP
     assert files.grouped_ranges([], 2) == []
 
 

@@ -17,7 +17,6 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.filters import FilterSet
 from flowtrail.filters.compile import NONCANONICAL_MARKERS
@@ -35,6 +34,7 @@ from flowtrail.sources.files import (
     split_ranges,
 )
 from flowtrail.sources.parallel import ordered_map
+from flowtrail.util import compute as pc
 
 PARALLEL_MIN_BYTES = 32 << 20
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.detect.alerts import EVIDENCE_LIMIT, Alert, entity_of
 from flowtrail.detect.baseline import MINUTE_NS, Baseline
@@ -38,6 +37,7 @@ from flowtrail.detect.state import (
     unpack_arrays,
     unpack_maps,
 )
+from flowtrail.util import compute as pc
 
 HOUR_NS = 60 * MINUTE_NS
 

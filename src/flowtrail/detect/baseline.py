@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from flowtrail.util import compute as pc
 
 KINDS = ("edges", "ns_pairs", "external", "domains")
 FORMAT = "flowtrail-baseline/2"

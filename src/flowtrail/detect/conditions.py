@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.detect.features import CHEAP_FEATURES, Frame, map_unique
 from flowtrail.detect.rules import OPS, Rule, RuleError
 from flowtrail.filters.ip import first_network
+from flowtrail.util import compute as pc
 from flowtrail.util.arrays import bool_mask
 
 MaskFn = Callable[[Frame, Any], np.ndarray]

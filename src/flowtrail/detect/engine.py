@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.detect.aggregate import Aggregator, Alerts, FieldValues, Group, RateSpike, make_aggregator
 from flowtrail.detect.alerts import Alert, iso_ns
@@ -34,6 +33,7 @@ from flowtrail.detect.state import (
 )
 from flowtrail.filters import FilterSet
 from flowtrail.model.timeutil import format_ns
+from flowtrail.util import compute as pc
 
 
 def _not_label(*words: str) -> str:

@@ -22,12 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.enrich.dnsname import NameFeatures
 from flowtrail.enrich.dnsname import features as name_features
 from flowtrail.enrich.intel import Intel
 from flowtrail.enrich.ipclass import IPClasses
+from flowtrail.util import compute as pc
 from flowtrail.util.arrays import bool_mask, first_item, list_parents, string_bytes
 
 # what the decoder must project for features (rule scopes add their own filter paths)

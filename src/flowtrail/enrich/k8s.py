@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
 from flowtrail.model.schema import ENDPOINT, FLOW
 from flowtrail.policy.endpoints import CLUSTER_KEY, NS_NAME_LABEL, SA_KEY, parse_ip
 from flowtrail.policy.selectors import NS_KEY, NS_LABELS_PREFIX
 from flowtrail.sources.decode import Rows
+from flowtrail.util import compute as pc
 from flowtrail.util.arrays import bool_mask
 
 DEFAULT_GRACE_S = 300.0

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from flowtrail.util import compute as pc
 from flowtrail.util.arrays import one_array
 
 Mask = np.ndarray
@@ -38,11 +38,11 @@ class Columns:
         return arr
 
     def valid(self, path: str) -> Mask:
-        return np.asarray(self.get(path).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        return np.asarray(pc.is_valid(self.get(path)).to_numpy(zero_copy_only=False), dtype=bool)
 
     def is_flow(self) -> Mask:
         """Rows that are flows; the others are lost events, which hubble filters as a nil flow."""
-        return np.asarray(self._flow.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        return np.asarray(pc.is_valid(self._flow).to_numpy(zero_copy_only=False), dtype=bool)
 
     def top(self, name: str) -> pa.Array:
         return one_array(self.table.column(name))
@@ -73,7 +73,7 @@ def per_unique(arr: pa.Array, fn: Callable[[Any], bool]) -> Mask:
         enc = enc.combine_chunks()
     dict_vals = enc.dictionary.to_pylist()
     table = np.array([bool(fn(v)) for v in dict_vals] + [bool(fn(None))], dtype=bool)
-    idx = enc.indices.fill_null(len(dict_vals)).to_numpy(zero_copy_only=False)
+    idx = pc.fill_null(enc.indices, len(dict_vals)).to_numpy(zero_copy_only=False)
     return table[np.asarray(idx, dtype=np.int64)] if len(idx) else np.zeros(0, dtype=bool)
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.filters.base import (
     Columns,
@@ -23,6 +22,7 @@ from flowtrail.filters.base import (
 from flowtrail.filters.protojson import proto_uint
 from flowtrail.model import enums
 from flowtrail.model.schema import camel
+from flowtrail.util import compute as pc
 
 
 def uuid(values: Any) -> Predicate:
@@ -135,7 +135,7 @@ def reply(values: Any) -> Predicate:
 
     def fn(cols: Columns) -> Mask:
         is_reply = cols.get("is_reply")
-        known = to_mask(is_reply.is_valid())
+        known = to_mask(pc.is_valid(is_reply))
         val = to_mask(is_reply)
         # hubble treats an unknown is_reply on DROPPED flows as false (Hubble UI compatibility)
         dropped = to_mask(pc.equal(cols.get("verdict"), "DROPPED"))

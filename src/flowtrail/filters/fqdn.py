@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, list_any, str_list, to_mask
 from flowtrail.filters.golang import to_lower, trim_space
+from flowtrail.util import compute as pc
 
 # A non-empty lower-case FQDN: what an empty cluster or node part of a node name pattern stands for.
 FQDN_RE = r"(?:[-0-9_a-z]+(?:\.[-0-9_a-z]+)*)"

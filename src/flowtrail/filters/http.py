@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.filters.base import (
     Columns,
@@ -20,6 +19,7 @@ from flowtrail.filters.base import (
 )
 from flowtrail.filters.fqdn import check_re2, regex_any
 from flowtrail.filters.golang import parse_addr, quote
+from flowtrail.util import compute as pc
 
 # fullmatch, not match: Python's "$" would also accept a trailing newline, Go's does not
 _FULL = re.compile(r"[1-5][0-9]{2}")
@@ -194,9 +194,9 @@ def http_path(values: Any) -> Predicate:
         urls = cols.get("l7.http.url")
         enc = pc.dictionary_encode(urls)
         paths = pa.array([request_path(u) for u in enc.dictionary.to_pylist()], pa.string())
-        path_col = paths.take(enc.indices)
+        path_col = pc.take(paths, enc.indices)
         # a URL hubble cannot parse (or an empty or absent one) matches no path
-        return regex_any(path_col, patterns) & to_mask(path_col.is_valid())
+        return regex_any(path_col, patterns) & to_mask(pc.is_valid(path_col))
 
     return Predicate("http_path", ("l7.http.url",), fn, _HTTP_NEEDLES)
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.filters.base import (
     Columns,
@@ -23,6 +22,7 @@ from flowtrail.filters.base import (
 )
 from flowtrail.filters.labels import parse_selector
 from flowtrail.filters.protojson import proto_uint
+from flowtrail.util import compute as pc
 
 
 def parse_namespace_name(value: str) -> tuple[str, str]:

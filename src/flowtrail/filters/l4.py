@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, digits, str_list, to_mask
 from flowtrail.filters.golang import NumError, parse_uint, quote, to_lower
 from flowtrail.model.schema import TCP_FLAGS
+from flowtrail.util import compute as pc
 
 # protocol name → (paths that must be present, needles)
 _PROTOCOLS: dict[str, tuple[tuple[str, ...], tuple[bytes, ...]]] = {

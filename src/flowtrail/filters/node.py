@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow.compute as pc
-
 from flowtrail.filters.base import Columns, FilterError, Mask, Predicate, str_list, to_mask
 from flowtrail.filters.fqdn import FQDN_RE, fqdn_pattern_regex
+from flowtrail.util import compute as pc
 
 DEFAULT_CLUSTER = "default"
 

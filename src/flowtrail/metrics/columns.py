@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from flowtrail.util import compute as pc
 from flowtrail.util.arrays import first_item, list_parents, one_array, string_bytes
 
 STRING = pa.string()

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.metrics.columns import FlowView, choose, const, per_list
+from flowtrail.util import compute as pc
 
 IDENTIFIERS = ("identity", "namespace", "pod", "pod-name", "pod-short", "dns", "ip", "reserved-identity",
                "workload", "workload-name", "app")

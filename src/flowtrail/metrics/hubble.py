@@ -56,7 +56,6 @@ from typing import Any, ClassVar
 import numpy as np
 import prometheus_client
 import pyarrow as pa
-import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -83,6 +82,7 @@ from flowtrail.metrics.names import (
     TRACE_POINTS,
     icmp_type_name,
 )
+from flowtrail.util import compute as pc
 
 NAMESPACE = "hubble"
 # Go client_golang's default buckets (the agent's histograms use them)

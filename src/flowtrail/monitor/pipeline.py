@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.detect.alerts import Alert
 from flowtrail.detect.engine import Engine, events_lost
@@ -43,6 +42,7 @@ from flowtrail.monitor.queue import ChunkQueue
 from flowtrail.sinks.alerting import Delivery, close_all
 from flowtrail.sources.chunk import Chunk
 from flowtrail.sources.decode import Decoder, Rows
+from flowtrail.util import compute as pc
 
 log = logging.getLogger("flowtrail.monitor")
 

@@ -25,13 +25,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
 from flowtrail.detect.features import Enrichment, build
 from flowtrail.filters.base import Columns
 from flowtrail.policy.endpoints import Endpoint, from_identity_labels, parse_ip
 from flowtrail.policy.selectors import NS_KEY
+from flowtrail.util import compute as pc
 
 Format = Literal["cilium", "kubernetes"]
 

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.detect.features import FEATURE_PATHS, flow_times, proto_and_port, side_keys
 from flowtrail.filters.base import Columns
@@ -27,6 +26,7 @@ from flowtrail.policy.endpoints import Endpoint, Inventory, IPAddr, from_identit
 from flowtrail.policy.evaluate import Connection, DirectionResult, Evaluator, HTTPRequest, Verdict
 from flowtrail.policy.model import CIDRPeer, FQDNPeer, IPNet, Rule
 from flowtrail.sources.decode import Decoded, Decoder, LineIndex, needle_matcher
+from flowtrail.util import compute as pc
 from flowtrail.util.arrays import bool_mask, one_array
 
 REPLAY_PATHS = sorted(set(FEATURE_PATHS) | {

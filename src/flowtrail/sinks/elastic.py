@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import requests
 
 from flowtrail.filters.base import Columns
@@ -62,6 +61,7 @@ from flowtrail.sinks.export import (
 from flowtrail.sinks.fieldmask import FieldMask
 from flowtrail.sinks.spool import EMPTY_BLOCK, Block
 from flowtrail.sources.decode import Rows
+from flowtrail.util import compute as pc
 
 DEFAULT_INDEX = "hubble-flows-%Y.%m.%d"
 # characters Elasticsearch refuses in index names (besides upper case and a leading -, _ or +)

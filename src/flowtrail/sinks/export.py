@@ -75,7 +75,6 @@ import jsonschema
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import requests
 
 from flowtrail.filters import FilterError, FilterSet
@@ -85,6 +84,7 @@ from flowtrail.sinks.ratelimit import DnsSampler, TokenBucket
 from flowtrail.sinks.rotate import RotatingWriter
 from flowtrail.sinks.spool import EMPTY_BLOCK, Block, DiskSpool, MemorySpool, Spool, SpoolError, record_ends
 from flowtrail.sources.decode import Rows
+from flowtrail.util import compute as pc
 
 log = logging.getLogger(__name__)
 

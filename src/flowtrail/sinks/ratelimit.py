@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.filters.base import Columns
+from flowtrail.util import compute as pc
 
 DNS_PORT = 53
 DNS_PATHS = (

@@ -895,6 +895,45 @@ static PyObject *newlines(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(count);
 }
 
+/* The spans [starts[i], ends[i]) of a buffer, each followed by a newline, as one bytes object:
+   a worker sends the few lines a selective filter kept as one buffer, and a list of thousands
+   of memoryview slices joined by bytes.join cost ~3 ms per 64 MB block. */
+static PyObject *gather(PyObject *self, PyObject *args) {
+    Py_buffer data, sb, eb;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &data, &sb, &eb)) return NULL;
+    PyObject *out = NULL;
+    if (sb.len != eb.len || sb.len % (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "starts and ends: int64 buffers of one length");
+        goto done;
+    }
+    const int64_t *starts = (const int64_t *)sb.buf, *ends = (const int64_t *)eb.buf;
+    Py_ssize_t n = sb.len / (Py_ssize_t)sizeof(int64_t), total = n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (starts[i] < 0 || ends[i] < starts[i] || ends[i] > data.len) {
+            PyErr_Format(PyExc_ValueError, "span %zd out of the buffer", i);
+            goto done;
+        }
+        total += ends[i] - starts[i];
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out) goto done;
+    char *dst = PyBytes_AS_STRING(out);
+    const char *src = (const char *)data.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t len = (size_t)(ends[i] - starts[i]);
+        memcpy(dst, src + starts[i], len);
+        dst += len;
+        *dst++ = '\n';
+    }
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&eb);
+    return out;
+}
+
 static PyObject *fnv(PyObject *self, PyObject *args) {
     Py_buffer b;
     unsigned int owner;
@@ -911,6 +950,7 @@ static PyMethodDef methods[] = {
                                        "the projected values of the others."},
     {"index", index_lines, METH_VARARGS, "Where the lines of a block are and which are plain flow objects."},
     {"newlines", newlines, METH_VARARGS, "The number of newline bytes in a buffer."},
+    {"gather", gather, METH_VARARGS, "Spans of a buffer, each followed by a newline, as one bytes object."},
     {"slot_hash", fnv, METH_VARARGS, "The table hash of a name under an owner (for laying out the table)."},
     {NULL, NULL, 0, NULL},
 };

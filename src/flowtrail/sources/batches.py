@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowtrail.sources import canonscan
 from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, LineIndex
@@ -31,6 +30,7 @@ from flowtrail.sources.files import (
 )
 from flowtrail.sources.linematch import LineMatcher
 from flowtrail.sources.parallel import ordered_map
+from flowtrail.util import compute as pc
 
 PARALLEL_MIN_BYTES = 32 << 20
 NONCANONICAL = (b"\t", b"\r", b"\\u", b"\\/")

@@ -242,11 +242,13 @@ class _Builder:
         if not all_valid:
             valid = np.zeros(n, bool)
             valid[inst] = True
-        mask = None if valid is None or len(inst) == n else pa.array(~valid)
+        # a validity bitmap made here: Arrow's from_arrays(mask=) inverts a mask with
+        # pyarrow.compute, whose import costs every command's start-up ~70 ms (util.compute)
+        validity = None if valid is None or len(inst) == n else pa.py_buffer(np.packbits(valid, bitorder="little"))
         if spec.kind == "struct":
             children = [self.array(child, n) for _, child in spec.children]
-            fields = [spec.type.field(name) for name, _ in spec.children]
-            return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
+            return pa.Array.from_buffers(spec.type, n, [validity], null_count=0 if validity is None else n - len(inst),
+                                         children=children)
         if spec.kind == "list":
             counts = np.zeros(n, np.int64)
             counts[inst] = rec["a"]
@@ -254,7 +256,8 @@ class _Builder:
             np.cumsum(counts, out=offsets[1:])
             items = int(offsets[-1])
             values = self.array(spec.item, items, all_valid=True)
-            return pa.ListArray.from_arrays(pa.array(offsets), values, type=spec.type, mask=mask)
+            return pa.Array.from_buffers(spec.type, n, [validity, pa.py_buffer(offsets)],
+                                         null_count=0 if validity is None else n - len(inst), children=[values])
         if spec.kind == "str":
             # the values follow each other in the node's bytes: record i starts at its offset
             blob = self.recs[node][1]
@@ -278,6 +281,16 @@ class _Builder:
         if spec.kind == "bool":
             return pa.array(values.astype(bool), pa.bool_(), mask=None if valid is None else ~valid)
         return pa.array(values, spec.type, mask=None if valid is None else ~valid)
+
+
+def gather_lines(data: Any, starts: np.ndarray, ends: np.ndarray) -> bytes:
+    """Spans [starts[i], ends[i]) of ``data``, each followed by a newline, as one bytes object."""
+    starts = np.ascontiguousarray(starts, np.int64)
+    ends = np.ascontiguousarray(ends, np.int64)
+    if _canonscan is not None:
+        return _canonscan.gather(data, starts, ends)
+    view = memoryview(data)
+    return b"".join([bytes(view[a:b]) + b"\n" for a, b in zip(starts.tolist(), ends.tolist(), strict=True)])
 
 
 def count_newlines(data: Any) -> int:

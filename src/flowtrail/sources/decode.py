@@ -30,7 +30,6 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from flowtrail.model.normalize import NormalizeError, normalize_event
@@ -38,6 +37,7 @@ from flowtrail.model.schema import envelope_arrow_schema
 from flowtrail.sources import canonscan
 from flowtrail.sources.canonical import LARGE_ENUMS, SUSPECT, SUSPECT_RARE
 from flowtrail.sources.linematch import LineMatcher
+from flowtrail.util import compute as pc
 
 DEFAULT_MAX_LINE = 1 << 20  # bytes; hubble's own reader gives up at 64 KiB, real flows are ~1-2 KiB
 FLOW_PREFIX = b'{"flow":{'
@@ -142,20 +142,19 @@ class Rows:
         """The same rows with their bytes held here (for a few rows sent between processes), as
         consecutive lines of one buffer: the receiver writes them with one call."""
         n = len(self)
-        parts: list[bytes | memoryview]
+        parts: list[bytes]
         if isinstance(self.data, (bytes, bytearray, memoryview)) and not self.replaced:
-            # slices of the block, copied once by the join (a worker inlines thousands per task)
-            view = memoryview(self.data)
-            lo, hi = (self.starts + self.base).tolist(), (self.ends + self.base).tolist()
-            parts = [view[a:b] for a, b in zip(lo, hi, strict=True)]
+            # spans of the block, copied once (a worker inlines thousands per task)
             lengths = self.ends - self.starts
+            joined = canonscan.gather_lines(self.data, self.starts + self.base, self.ends + self.base)
         else:
             parts = [self[i] for i in range(n)]
             lengths = np.fromiter(map(len, parts), np.int64, n)
+            parts.append(b"")  # the last row's newline, without copying the joined buffer again
+            joined = b"\n".join(parts)
         starts = np.zeros(n, np.int64)
         np.cumsum(lengths[:-1] + 1, out=starts[1:])
-        parts.append(b"")  # the last row's newline, without copying the joined buffer again
-        return Rows(b"\n".join(parts), starts, starts + lengths, {}, own=True)
+        return Rows(joined, starts, starts + lengths, {}, own=True)
 
     def take(self, idx: np.ndarray) -> Rows:
         """Rows ``idx`` (increasing), renumbered from 0."""
@@ -308,7 +307,7 @@ class LineIndex:
         offsets[-1] = len(self.data)
         arr = pa.Array.from_buffers(pa.large_binary(), self.count,
                                     [None, pa.py_buffer(offsets), pa.py_buffer(self.data)])
-        return arr if idx is None or len(idx) == self.count else arr.take(pa.array(idx))
+        return arr if idx is None or len(idx) == self.count else pc.take(arr, pa.array(idx))
 
 
 _CHUNK = 1 << 20  # bytes, a multiple of 8: the masks of one chunk stay in the CPU's cache
@@ -422,7 +421,7 @@ class Decoder:
                 if suspect.any():
                     slow = np.union1d(slow, fast[suspect])
                     fast = fast[~suspect]
-                    lines = lines.filter(pa.array(~suspect))
+                    lines = pc.filter(lines, pa.array(~suspect))
             if columns or self.checked:
                 table, rejected = self._parse_fast(fast, lines, self._parse_options if columns else self._check_options)
             else:
@@ -478,7 +477,7 @@ class Decoder:
                 slow_table = pa.Table.from_pylist([_fit(env, self.schema) for env in slow_rows], schema=self.schema)
                 table = pa.concat_tables([table, slow_table]) if table.num_rows else slow_table
                 if (perm != np.arange(len(perm))).any():
-                    table = table.take(pa.array(perm))
+                    table = pc.take(table, pa.array(perm))
         stats.errors = len(errors)
         stats.flows = len(order) - stats.lost_events
         rows = Rows(data, starts, ends, replaced)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +122,8 @@ def _native_database(patterns: list[bytes], ids: list[int]) -> Any:
         pass
     db = _hsmatch.Database(patterns, ids)  # ValueError: a pattern Hyperscan refuses
     try:
+        import tempfile  # only where a database is written (~8 ms of every start-up otherwise)
+
         where.mkdir(parents=True, exist_ok=True)
         # written whole, then renamed: a concurrent run reads the old file or the new, never half
         with tempfile.NamedTemporaryFile(dir=where, suffix=".tmp", delete=False) as tmp:

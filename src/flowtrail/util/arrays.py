@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from flowtrail.util import compute as pc
 
 
 def one_array(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
