@@ -35,12 +35,15 @@ def _hyperscan_flags() -> tuple[list[str], list[str]] | None:
     return None
 
 
+# both include the line index
+DEPENDS = ["src/flowtrail/sources/_lineindex.h"]
+
 extensions = [Extension("flowtrail.sources._canonscan", ["src/flowtrail/sources/_canonscan.c"],
-                        extra_compile_args=FLAGS, optional=True)]
+                        extra_compile_args=FLAGS, depends=DEPENDS, optional=True)]
 hs = _hyperscan_flags()
 if hs is not None and not os.environ.get("FLOWTRAIL_NO_SYSTEM_HYPERSCAN"):
     extensions.append(Extension("flowtrail.sources._hsmatch", ["src/flowtrail/sources/_hsmatch.c"],
                                 include_dirs=hs[0], library_dirs=hs[1], libraries=["hs"],
-                                extra_compile_args=FLAGS, optional=True))
+                                extra_compile_args=FLAGS, depends=DEPENDS, optional=True))
 
 setup(ext_modules=extensions)

@@ -133,3 +133,34 @@ def test_compiled_databases_are_cached_and_a_bad_file_is_compiled_again(tmp_path
     monkeypatch.setenv("FLOWTRAIL_CACHE_DIR", "")
     assert linematch.cache_dir() is None
     assert LineMatcher.compile([b"x"], [0], native=True) is not None
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.sampled_from([b"ab", b"x", b"\n", b"\r\n", b"{", b"}", b'{"flow":', b"z\x01", b"\xc3\xa9", b"y"]),
+                max_size=40),
+       st.sampled_from([1, 2, 3, 7, 64, 128 << 10]))
+def test_one_pass_index_and_search_equal_the_two_passes(parts: list[bytes], chunk: int) -> None:
+    """scan_lines (the index made a chunk at a time, each chunk searched first) gives what the
+    index and the search give apart, wherever the chunks end: in a line, on its newline, at a
+    CR, or past a line longer than a chunk."""
+    if linematch._hsmatch is None:
+        pytest.skip("built without the system's Hyperscan")
+    from flowtrail.sources import canonscan
+    from flowtrail.sources.decode import FLOW_PREFIX
+
+    data = b"".join(parts)
+    patterns, ids = [b"ab", b"x", b"a[^\\n]*y", b"z"], [0, 1, 1, 2]
+    m = LineMatcher.compile(patterns, ids, native=True)
+    assert m is not None
+    for max_line in (1 << 20, 4):
+        starts, ends, flags = canonscan.index_lines(data, max_line, FLOW_PREFIX)
+        if not data:
+            assert m.scan_lines(data, max_line, FLOW_PREFIX) is None
+            continue
+        line, which = m.lines(data, starts)
+        raw = m._db.scan_lines(data, max_line, FLOW_PREFIX, m.nsets, chunk)
+        got_line, got_which = m._pairs(np.frombuffer(raw[3], np.int64), np.frombuffer(raw[4], np.int32).astype(np.int64))
+        assert np.frombuffer(raw[0], np.int64).tolist() == starts.tolist()
+        assert np.frombuffer(raw[1], np.int64).tolist() == ends.tolist()
+        assert np.frombuffer(raw[2], np.uint8).tolist() == flags.tolist()
+        assert got_line.tolist() == line.tolist() and got_which.tolist() == which.tolist()

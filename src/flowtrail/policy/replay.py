@@ -59,12 +59,21 @@ class ReplayDecoder(Decoder):
                      needle_groups: Any = None, markers: Any = (), columns: bool = True,
                      wanted: np.ndarray | None = None, index: LineIndex | None = None) -> Decoded:
         if wanted is None and needle_groups is None and columns and data:
-            if index is None:
-                index = LineIndex(data, self.max_line)  # handed on: the decoder indexes once
-            starts = index.starts
-            skip = _lines_with(data, _REPLY, starts)
-            if self.keep_dns_answers and skip.any():
-                skip &= ~_lines_with(data, _DNS_ANSWERS, starts)
+            matcher = needle_matcher(((_REPLY,), (_DNS_ANSWERS,)))
+            if index is None and matcher is not None:
+                # the index (handed on: the decoder indexes once) made in the search's pass
+                index, line, which = LineIndex.with_matches(data, self.max_line, matcher)
+                skip = np.zeros(index.count, bool)
+                skip[line[which == 0]] = True
+                if self.keep_dns_answers:
+                    skip[line[which == 1]] = False
+            else:
+                if index is None:
+                    index = LineIndex(data, self.max_line)
+                starts = index.starts
+                skip = _lines_with(data, _REPLY, starts)
+                if self.keep_dns_answers and skip.any():
+                    skip &= ~_lines_with(data, _DNS_ANSWERS, starts)
             wanted = ~skip
         return super().decode_block(data, source, first_line, needle_groups, markers, columns, wanted, index)
 

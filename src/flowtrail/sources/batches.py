@@ -95,11 +95,13 @@ def _decode(job: _Job, data: bytes, source: str, first_line: int) -> Batch:
     if job.regex is not None and data:
         arr: pa.Array | None = None
         if job.matcher is not None and canonscan.AVAILABLE:
-            ix = LineIndex(data, job.decoder.max_line)  # the decoder's own, computed once
-            starts = ix.starts
+            # the decoder's own index, made in the same pass as the search
+            ix, line, _ = LineIndex.with_matches(data, job.decoder.max_line, job.matcher)
+            want = np.zeros(ix.count, bool)
+            want[line] = True
         else:
             arr, starts = line_array(data)
-        want = _matching_lines(job, data, starts, arr)
+            want = _matching_lines(job, data, starts, arr)
     # Lines the prefilter skips are still checked for the shape of one JSON object by the
     # decoder, so a truncated or garbled line is reported (and fatal with --strict) whatever
     # the rules read.

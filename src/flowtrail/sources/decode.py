@@ -234,13 +234,16 @@ class Decoded:
 class LineIndex:
     """Where the lines of a block are and what they look like, computed with numpy."""
 
-    def __init__(self, data: bytes | bytearray, max_line: int) -> None:
+    def __init__(self, data: bytes | bytearray, max_line: int,
+                 arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        """``arrays``: (starts, ends, flags) as canonscan.index_lines gives them, when a caller
+        computed them already."""
         self.data = data
         n = len(data)
         buf = np.frombuffer(data, np.uint8)
         self.buf = buf
-        if canonscan.AVAILABLE:
-            starts, ends, flags = canonscan.index_lines(data, max_line, FLOW_PREFIX)
+        if arrays is not None or canonscan.AVAILABLE:
+            starts, ends, flags = arrays if arrays is not None else canonscan.index_lines(data, max_line, FLOW_PREFIX)
             self.count = len(starts)
             self.starts, self.ends = starts, ends
             self.length = ends - starts
@@ -290,6 +293,20 @@ class LineIndex:
             ok = (words[at] == _FLOW_WORD) & (buf[at + 8] == FLOW_PREFIX[8])
             flowpfx[cand[~ok]] = False
         self.flow = flowpfx
+
+    @classmethod
+    def with_matches(cls, data: bytes | bytearray, max_line: int,
+                     matcher: LineMatcher) -> tuple[LineIndex, np.ndarray, np.ndarray]:
+        """The index of ``data`` and ``matcher.lines`` over it: in one pass where the C scanner
+        and the system's Hyperscan are both there."""
+        if canonscan.AVAILABLE:
+            got = matcher.scan_lines(data, max_line, FLOW_PREFIX)
+            if got is not None:
+                starts, ends, flags, line, which = got
+                return cls(data, max_line, (starts, ends, flags)), line, which
+        ix = cls(data, max_line)
+        line, which = matcher.lines(data, ix.starts) if len(data) else (np.zeros(0, np.int64), np.zeros(0, np.int32))
+        return ix, line, which
 
     def line(self, i: int) -> bytes | bytearray:
         line = self.data[int(self.starts[i]) : int(self.ends[i])]
@@ -389,15 +406,13 @@ class Decoder:
         itself; lines that are not plain JSON objects are decoded as well. ``index``: this
         block's :class:`LineIndex`, when the caller needed it to compute ``wanted``.
         """
-        ix = index if index is not None else LineIndex(data, self.max_line)
+        if wanted is None and needle_groups is not None:
+            ix, wanted = _candidates(data, self.max_line, index, needle_groups, markers)
+        else:
+            ix = index if index is not None else LineIndex(data, self.max_line)
+            wanted = np.ones(ix.count, bool) if wanted is None else wanted | ~ix.plain
         stats = DecodeStats(lines=ix.count, blank=int(ix.empty.sum()))
         errors: list[DecodeError] = []
-        if wanted is not None:
-            wanted = wanted | ~ix.plain
-        elif needle_groups is not None:
-            wanted = _candidates(ix, needle_groups, markers)
-        else:
-            wanted = np.ones(ix.count, bool)
         wanted &= ~ix.empty
         fast = np.flatnonzero(wanted & ix.flow)
         slow = np.flatnonzero(wanted & ~ix.flow)
@@ -631,13 +646,15 @@ def _fit(value: Any, typ: pa.DataType | pa.Schema) -> Any:
     return value
 
 
-def _candidates(ix: LineIndex, needle_groups: Sequence[Sequence[Sequence[bytes]]], markers: Sequence[bytes]) -> np.ndarray:
-    """Lines that may pass the prefilter, and lines that must be looked at anyway."""
-    chosen = ~ix.plain  # not a plain object: bad, blank, spaced out or with control bytes
+def _candidates(data: bytes | bytearray, max_line: int, index: LineIndex | None,
+                needle_groups: Sequence[Sequence[Sequence[bytes]]], markers: Sequence[bytes]) -> tuple[LineIndex, np.ndarray]:
+    """The block's index (``index``, or made here, with the needle search where one pass can do
+    both), and the lines that may pass the prefilter or must be looked at anyway."""
     # control-byte markers (tabs, CRs) are in the lines that are not plain already
     markers = [m for m in markers if not (len(m) == 1 and m[0] < 32)]
     if any(not needle for groups in needle_groups for group in groups for needle in group):
-        return np.ones(ix.count, bool)  # an empty needle is in every line
+        ix = index if index is not None else LineIndex(data, max_line)
+        return ix, np.ones(ix.count, bool)  # an empty needle is in every line
     key = (tuple(tuple(tuple(g) for g in groups) for groups in needle_groups), tuple(markers))
     scan_group = _RAREST_GROUP.get(key)
     if scan_group is None:
@@ -646,7 +663,14 @@ def _candidates(ix: LineIndex, needle_groups: Sequence[Sequence[Sequence[bytes]]
         # The filters order groups by a guess; a namespace most flows are in would be a bad one.
         scan_group = [list(range(len(groups))) for groups in needle_groups]
     sets = [tuple(needle_groups[k][g]) for k, gs in enumerate(scan_group) for g in gs] + [tuple(markers)]
-    found = _lines_holding(ix, sets)
+    matcher = needle_matcher(tuple(sets))
+    if index is None and matcher is not None:
+        ix, line, which = LineIndex.with_matches(data, max_line, matcher)
+        found = [line[which == k] for k in range(len(sets))]
+    else:
+        ix = index if index is not None else LineIndex(data, max_line)
+        found = _lines_holding(ix, sets)
+    chosen = ~ix.plain  # not a plain object: bad, blank, spaced out or with control bytes
     chosen[found[-1]] = True
     first = 0
     rarest = []
@@ -666,7 +690,7 @@ def _candidates(ix: LineIndex, needle_groups: Sequence[Sequence[Sequence[bytes]]
         rarest.append([scanned[int(np.argmin([len(x) for x in per_group]))]])
     if len(scan_group[0]) > 1 or any(len(gs) > 1 for gs in scan_group):
         _RAREST_GROUP[key] = rarest
-    return chosen
+    return ix, chosen
 
 
 _RAREST_GROUP: dict[Any, list[list[int]]] = {}

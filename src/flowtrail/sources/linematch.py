@@ -37,6 +37,9 @@ except ImportError:  # not built: no system Hyperscan, or no C compiler
 NATIVE = _hsmatch is not None and not os.environ.get("FLOWTRAIL_NO_SYSTEM_HYPERSCAN")
 
 
+SCAN_CHUNK = 128 << 10  # bytes: well inside a core's L2 cache (512 KB here)
+
+
 class LineMatcher:
     """Patterns (Hyperscan syntax, none spanning a newline), each reporting a set id."""
 
@@ -90,8 +93,23 @@ class LineMatcher:
             self._db.scan(data, match_event_handler=on_match)
             line = np.searchsorted(starts, np.asarray(ends, np.int64) - 1, side="right") - 1
             which = np.asarray(ids, np.int64)
+        return self._pairs(line, which)
+
+    def _pairs(self, line: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pairs = np.unique(line * self.nsets + which)
         return pairs // self.nsets, (pairs % self.nsets).astype(np.int32)
+
+    def scan_lines(self, data: Any, max_line: int, prefix: bytes) -> tuple[np.ndarray, ...] | None:
+        """(starts, ends, flags, lines, sets): the line index of ``data`` (as
+        canonscan.index_lines) and :meth:`lines` over it, in one pass: a chunk at a time, scanned
+        then indexed while in the CPU's cache (a 64 MB block: ~30 → ~23 ms here, faults
+        included). None without the system's Hyperscan."""
+        if not self.native or not len(data):
+            return None
+        starts, ends, flags, raw_lines, raw_sets = self._db.scan_lines(data, max_line, prefix, self.nsets, SCAN_CHUNK)
+        line, which = self._pairs(np.frombuffer(raw_lines, np.int64), np.frombuffer(raw_sets, np.int32).astype(np.int64))
+        return (np.frombuffer(starts, np.int64), np.frombuffer(ends, np.int64), np.frombuffer(flags, np.uint8),
+                line, which)
 
     def mask(self, data: Any, starts: np.ndarray) -> np.ndarray:
         """Boolean per line: whether a pattern of any set matches it."""
