@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import pickle
 import random
 import shutil
 import subprocess
@@ -502,6 +503,31 @@ def test_parallel_workers_print_what_one_process_prints(args: list[str], tmp_pat
     with open(out, "wb") as fh:  # a real file: spans are copied by sendfile
         assert observe_main(["--input-file", str(path), *args, "--workers", "2"], stdout=fh) == 0
     assert out.read_bytes() == want.getvalue()
+    assert not _spool_dirs()  # the files workers hand rows over in are gone, --first included
+
+
+def _spool_dirs() -> list[Path]:
+    return [p for base in ("/dev/shm", os.environ.get("TMPDIR") or "/tmp") if os.path.isdir(base)
+            for p in Path(base).glob(f"flowtrail-{os.getpid()}-*")]
+
+
+def test_rows_handed_over_in_a_spool_file(tmp_path: Path) -> None:
+    block = b"\n".join(FLOW_LINES[:6]) + b"\n"
+    dec = Decoder().decode_block(block)
+    rows = dec.rows.take(np.array([1, 3, 4]))
+    spool = tmp_path / "rows-0"
+    sent = pickle.loads(pickle.dumps(rows.spooled(str(spool))))  # as a worker's result travels
+    assert spool.read_bytes() == b"".join(FLOW_LINES[i] + b"\n" for i in (1, 3, 4))
+    sent.open_spool()
+    assert not spool.exists()  # unlinked at once; the rows hold it open
+    assert sent.to_list() == [FLOW_LINES[i] for i in (1, 3, 4)]
+    out = tmp_path / "out"
+    with open(out, "wb") as fh:
+        sent.write_lines(fh)
+    assert out.read_bytes() == b"".join(FLOW_LINES[i] + b"\n" for i in (1, 3, 4))
+    with files.spool_dir() as where:
+        Path(where, "left").write_bytes(b"x")
+    assert not os.path.exists(where)
 
 
 def test_error_line_numbers_with_parallel_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -32,6 +32,7 @@ from flowtrail.sources.files import (
     open_binary,
     read_range_into,
     split_ranges,
+    spool_dir,
 )
 from flowtrail.sources.parallel import ordered_map
 from flowtrail.util import compute as pc
@@ -173,6 +174,7 @@ _WORKER: BlockProcessor | None = None
 
 
 _BUFFER = bytearray()
+_SPOOL: str | None = None  # where workers leave the rows they keep (set before forking)
 
 
 def _work(args: tuple[str, int, int]) -> BlockResult:
@@ -186,7 +188,9 @@ def _work(args: tuple[str, int, int]) -> BlockResult:
         res = _WORKER.process(data, path, 1)  # type: ignore[arg-type]  # a memoryview reads as bytes here
         if res.rows is not None:
             if res.count * 4 < res.lines:
-                res.rows = res.rows.inline()  # a few rows: send them
+                # a few rows: sent as a file, or with the result
+                res.rows = (res.rows.spooled(os.path.join(_SPOOL, f"rows-{start}")) if _SPOOL and res.count
+                            else res.rows.inline())
             else:
                 res.rows.base = start  # many: send their spans; the reader reads them from the file
                 res.rows.data = None
@@ -213,18 +217,28 @@ def run_input(proc: BlockProcessor, inp: Input, workers: int | None = None) -> I
 
 
 def _run_parallel(proc: BlockProcessor, inp: Input, nproc: int) -> Iterator[BlockResult]:
-    global _WORKER
+    global _WORKER, _SPOOL
     _WORKER = proc
     ranges = grouped_ranges(split_ranges(inp.path), nproc)
     line = 1
     # not closed here: results kept for --last still read from it
     spans = FileSpans(inp.path)
-    for res in ordered_map(_work, [(inp.path, s, e) for s, e in ranges], nproc, inp.name):
-        for err in res.errors:
-            err.line += line - 1
-            err.source = inp.name
-        if res.rows is not None and res.rows.data is None:
-            res.rows.data = spans
-        res.first_line = line
-        line += res.lines
-        yield res
+    with spool_dir() as _SPOOL:
+        results = ordered_map(_work, [(inp.path, s, e) for s, e in ranges], nproc, inp.name)
+        try:
+            for res in results:
+                for err in res.errors:
+                    err.line += line - 1
+                    err.source = inp.name
+                if res.rows is not None:
+                    res.rows.open_spool()
+                    if res.rows.data is None:
+                        res.rows.data = spans
+                res.first_line = line
+                line += res.lines
+                yield res
+        finally:
+            # (stopped early: waits for the workers, so that none writes into the spool
+            # directory after it is removed)
+            results.close()
+            _SPOOL = None

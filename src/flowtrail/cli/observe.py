@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -271,15 +272,21 @@ def observe_main(argv: list[str], stdout: BinaryIO | None = None) -> int:
     try:
         sink = _Sink(out, popts)
         if len(inputs) == 1:
-            _write_blocks(sink, _results(proc, inputs[0], opts, totals), opts.first, last)
+            blocks = _results(proc, inputs[0], opts, totals)
+            # closed however the writing ends (--first, a closed pipe): the workers are stopped
+            # and their spool files removed before the process exits
+            with contextlib.closing(blocks):
+                _write_blocks(sink, blocks, opts.first, last)
         else:
-            records = _merged(proc, inputs, opts, totals)
-            if opts.first:
-                records = _take(records, opts.first)
-            elif last:
-                records = iter(deque(records, maxlen=last))
-            for rec in records:
-                sink.record(rec)
+            merged = _merged(proc, inputs, opts, totals)
+            with contextlib.closing(merged):
+                records: Iterator[Any] = merged
+                if opts.first:
+                    records = _take(records, opts.first)
+                elif last:
+                    records = iter(deque(records, maxlen=last))
+                for rec in records:
+                    sink.record(rec)
         sink.close()
     except _StrictError as exc:
         sys.stderr.write(f"flowtrail: {exc}\n")
@@ -313,7 +320,7 @@ def _take(it: Iterator[Any], n: int) -> Iterator[Any]:
         yield rec
 
 
-def _results(proc: BlockProcessor, inp: Any, opts: Options, totals: Totals) -> Iterator[BlockResult]:
+def _results(proc: BlockProcessor, inp: Any, opts: Options, totals: Totals) -> Generator[BlockResult, None, None]:
     """Blocks of one input, their bad lines reported (or fatal with --strict) and counted."""
     for res in run_input(proc, inp, opts.workers):
         totals.stats.add(res.stats)
@@ -355,7 +362,7 @@ def _write_blocks(sink: _Sink, results: Iterator[BlockResult], first: int, last:
         sink.block(res)
 
 
-def _merged(proc: BlockProcessor, inputs: list[Any], opts: Options, totals: Totals) -> Iterator[Any]:
+def _merged(proc: BlockProcessor, inputs: list[Any], opts: Options, totals: Totals) -> Generator[Any, None, None]:
     """Several inputs (e.g. rotated exporter files): records merged by event time, stable per input."""
 
     def one(inp: Any) -> Iterator[tuple[int, Any]]:
