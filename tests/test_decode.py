@@ -511,6 +511,24 @@ def _spool_dirs() -> list[Path]:
             for p in Path(base).glob(f"flowtrail-{os.getpid()}-*")]
 
 
+def test_without_a_spool_directory_rows_go_through_the_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No writable /dev/shm nor temporary directory: the workers send their rows with their results."""
+    lines = [FLOW_LINES[i % len(FLOW_LINES)] for i in range(300)]
+    path = tmp_path / "big.log"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    want = io.BytesIO()
+    assert observe_main(["--input-file", str(path), "--all", "--verdict", "DROPPED", "--workers", "1"], stdout=want) == 0
+    monkeypatch.setattr(files.os, "access", lambda *a, **k: False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    with files.spool_dir() as where:
+        assert where is None
+    monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(engine, "split_ranges", lambda p: files.split_ranges(p, 3000))
+    got = io.BytesIO()
+    assert observe_main(["--input-file", str(path), "--all", "--verdict", "DROPPED", "--workers", "2"], stdout=got) == 0
+    assert got.getvalue() == want.getvalue() and want.getvalue()
+
+
 def test_rows_handed_over_in_a_spool_file(tmp_path: Path) -> None:
     block = b"\n".join(FLOW_LINES[:6]) + b"\n"
     dec = Decoder().decode_block(block)
@@ -526,6 +544,7 @@ def test_rows_handed_over_in_a_spool_file(tmp_path: Path) -> None:
         sent.write_lines(fh)
     assert out.read_bytes() == b"".join(FLOW_LINES[i] + b"\n" for i in (1, 3, 4))
     with files.spool_dir() as where:
+        assert where is not None
         Path(where, "left").write_bytes(b"x")
     assert not os.path.exists(where)
 

@@ -8,6 +8,7 @@ rather than as copies of the lines.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from collections.abc import Iterator
@@ -188,9 +189,12 @@ def _work(args: tuple[str, int, int]) -> BlockResult:
         res = _WORKER.process(data, path, 1)  # type: ignore[arg-type]  # a memoryview reads as bytes here
         if res.rows is not None:
             if res.count * 4 < res.lines:
-                # a few rows: sent as a file, or with the result
-                res.rows = (res.rows.spooled(os.path.join(_SPOOL, f"rows-{start}")) if _SPOOL and res.count
-                            else res.rows.inline())
+                # a few rows: sent as a file, or with the result (no spool, or it is full)
+                spooled = None
+                if _SPOOL and res.count:
+                    with contextlib.suppress(OSError):
+                        spooled = res.rows.spooled(os.path.join(_SPOOL, f"rows-{start}"))
+                res.rows = spooled if spooled is not None else res.rows.inline()
             else:
                 res.rows.base = start  # many: send their spans; the reader reads them from the file
                 res.rows.data = None

@@ -171,6 +171,9 @@ class Rows:
             view = memoryview(inline.data)
             while view:
                 view = view[os.write(fd, view):]
+        except OSError:
+            os.unlink(path)  # e.g. a full /dev/shm: the caller sends the rows otherwise
+            raise
         finally:
             os.close(fd)
         out = Rows(None, inline.starts, inline.ends, {})
