@@ -76,6 +76,25 @@ static int record(collect_t *c, int64_t pos, unsigned int id) {
     return 0;
 }
 
+static void collect_free(collect_t *c) {
+    free(c->seen);
+    free(c->lines);
+    free(c->sets);
+}
+
+/* 0 when a scan ended normally; else -1 with the Python error set. */
+static int scan_status(hs_error_t rc, int nomem) {
+    if (nomem) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (rc != HS_SUCCESS && rc != HS_SCAN_TERMINATED) {
+        PyErr_Format(PyExc_RuntimeError, "hs_scan failed (%d)", (int)rc);
+        return -1;
+    }
+    return 0;
+}
+
 static int on_match(unsigned int id, unsigned long long from, unsigned long long to, unsigned int flags,
                     void *ctx) {
     collect_t *c = (collect_t *)ctx;
@@ -205,18 +224,12 @@ static PyObject *Database_lines(Database *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     rc = hs_scan(self->db, (const char *)data.buf, (unsigned int)data.len, 0, scratch, on_match, &c);
     Py_END_ALLOW_THREADS
-    if (c.failed) { PyErr_NoMemory(); goto done; }
-    if (rc != HS_SUCCESS && rc != HS_SCAN_TERMINATED) {
-        PyErr_Format(PyExc_RuntimeError, "hs_scan failed (%d)", (int)rc);
-        goto done;
-    }
+    if (scan_status(rc, c.failed) < 0) goto done;
     result = Py_BuildValue("(y#y#)", c.n ? (const char *)c.lines : "", c.n * (Py_ssize_t)sizeof(int64_t),
                            c.n ? (const char *)c.sets : "", c.n * (Py_ssize_t)sizeof(int32_t));
 done:
     if (scratch) hs_free_scratch(scratch);
-    free(c.seen);
-    free(c.lines);
-    free(c.sets);
+    collect_free(&c);
     PyBuffer_Release(&data);
     PyBuffer_Release(&starts);
     return result;
@@ -264,11 +277,7 @@ static PyObject *Database_scan_lines(Database *self, PyObject *args) {
         from = to;
     }
     Py_END_ALLOW_THREADS
-    if (nomem || r.failed || c.failed) { PyErr_NoMemory(); goto done; }
-    if (rc != HS_SUCCESS && rc != HS_SCAN_TERMINATED) {
-        PyErr_Format(PyExc_RuntimeError, "hs_scan failed (%d)", (int)rc);
-        goto done;
-    }
+    if (scan_status(rc, nomem || r.failed || c.failed) < 0) goto done;
     result = Py_BuildValue("(y#y#y#y#y#)", L.n ? (const char *)L.starts : "", L.n * (Py_ssize_t)sizeof(int64_t),
                            L.n ? (const char *)L.ends : "", L.n * (Py_ssize_t)sizeof(int64_t),
                            L.n ? (const char *)L.flags : "", L.n,
@@ -281,9 +290,7 @@ done:
     free(L.flags);
     free(r.pos);
     free(r.id);
-    free(c.seen);
-    free(c.lines);
-    free(c.sets);
+    collect_free(&c);
     PyBuffer_Release(&data);
     PyBuffer_Release(&pre);
     return result;
