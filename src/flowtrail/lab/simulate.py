@@ -18,9 +18,7 @@ import multiprocessing as mp
 import os
 import queue
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from bisect import bisect_left
@@ -39,6 +37,7 @@ from flowtrail.lab.flows import Event, FlowBuilder
 from flowtrail.lab.scenarios import Context, Run, Scenario, parse_scenario
 from flowtrail.lab.traffic import Traffic
 from flowtrail.model.timeutil import protojson_timestamp
+from flowtrail.sources.files import spool_dir
 from flowtrail.util.memory import reuse_large_allocations
 
 NS = 1_000_000_000
@@ -353,13 +352,6 @@ _JOB: _SegmentJob | None = None
 _SPOOL: str | None = None  # set in worker processes: where rendered segments are left for the parent
 
 
-def _spool_dir() -> str:
-    # tmpfs when there is one: the segments are read back once, at memory speed
-    shm = "/dev/shm"
-    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="flowtrail-simulate-", dir=base)
-
-
 def _open_blob(seg: _Segment) -> tuple[bytes | memoryview, Callable[[], None] | None]:
     """The segment's lines, and what to call once they are written.
 
@@ -394,13 +386,16 @@ def _render_all(job: _SegmentJob, nseg: int, workers: int) -> Iterator[_Segment]
             for k in range(nseg):
                 yield _render(k)
             return
-        spool = _spool_dir()
         # freeze the parent's heap before forking: otherwise the children's garbage collector
         # walks (and so copies, page by page) every inherited object
         gc.collect()
         gc.freeze()
         try:
-            with mp.get_context("fork").Pool(workers, initializer=_set_spool, initargs=(spool,)) as pool:
+            # segments are handed over as files in the spool (tmpfs where there is one: read
+            # back once, at memory speed), or through the pool's pipe where there is none; the
+            # pool (inner) stops its workers before the spool is removed
+            with spool_dir() as spool, \
+                    mp.get_context("fork").Pool(workers, initializer=_set_spool, initargs=(spool,)) as pool:
                 # a window of segments in flight: workers never run far ahead of the writer (a
                 # slow gzip or pipe), so spooled segments stay few
                 window = workers + 2
@@ -413,12 +408,11 @@ def _render_all(job: _SegmentJob, nseg: int, workers: int) -> Iterator[_Segment]
                     yield pending.popleft().get()
         finally:
             gc.unfreeze()
-            shutil.rmtree(spool, ignore_errors=True)
     finally:
         _JOB = None
 
 
-def _set_spool(path: str) -> None:
+def _set_spool(path: str | None) -> None:
     global _SPOOL
     _SPOOL = path
 
