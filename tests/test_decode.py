@@ -529,6 +529,24 @@ def test_without_a_spool_directory_rows_go_through_the_pipe(tmp_path: Path, monk
     assert got.getvalue() == want.getvalue() and want.getvalue()
 
 
+def test_spool_directories_of_dead_processes_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed process cannot remove its spool (files in /dev/shm hold memory): the next one does."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    orphan = tmp_path / f"flowtrail-{dead}-1-0"
+    orphan.mkdir()
+    (orphan / "rows-0").write_bytes(b"x" * 100)
+    mine = tmp_path / f"flowtrail-{os.getpid()}-1-0"
+    mine.mkdir()
+    other = tmp_path / "flowtrail-simulate-abc"  # not a name this code makes: left alone
+    other.mkdir()
+    monkeypatch.setattr(files.os, "access", lambda *a, **k: False)  # not /dev/shm: the temporary directory
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with files.spool_dir() as where:
+        assert where is not None and Path(where).parent == tmp_path
+    assert not orphan.exists() and mine.exists() and other.exists()
+
+
 def test_rows_handed_over_in_a_spool_file(tmp_path: Path) -> None:
     block = b"\n".join(FLOW_LINES[:6]) + b"\n"
     dec = Decoder().decode_block(block)

@@ -209,6 +209,7 @@ def spool_dir() -> Iterator[str | None]:
     Made by hand: importing tempfile costs every start-up ~8 ms."""
     shm = "/dev/shm"
     base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else (os.environ.get("TMPDIR") or "/tmp")
+    _remove_orphans(base)
     path = None
     for attempt in range(100):
         candidate = os.path.join(base, f"flowtrail-{os.getpid()}-{time.monotonic_ns()}-{attempt}")
@@ -231,6 +232,34 @@ def spool_dir() -> Iterator[str | None]:
                 os.unlink(os.path.join(path, name))
         with contextlib.suppress(OSError):
             os.rmdir(path)
+
+
+def _remove_orphans(base: str) -> None:
+    """Spool directories of flowtrail processes that no longer run (killed before they could
+    remove theirs: files in /dev/shm hold memory until removed)."""
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("flowtrail-")]
+    except OSError:
+        return
+    for name in names:
+        pid = name.split("-")[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = os.path.join(base, name)
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(path):
+                os.unlink(os.path.join(path, entry))
+            os.rmdir(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
 
 
 def read_range(path: str, start: int, end: int) -> bytes:
