@@ -337,7 +337,7 @@ class LineIndex:
                 starts, ends, flags, line, which = got
                 return cls(data, max_line, (starts, ends, flags)), line, which
         ix = cls(data, max_line)
-        line, which = matcher.lines(data, ix.starts) if len(data) else (np.zeros(0, np.int64), np.zeros(0, np.int32))
+        line, which = matcher.lines(data, ix.starts)
         return ix, line, which
 
     def line(self, i: int) -> bytes | bytearray:
@@ -695,13 +695,17 @@ def _candidates(data: bytes | bytearray, max_line: int, index: LineIndex | None,
         # The filters order groups by a guess; a namespace most flows are in would be a bad one.
         scan_group = [list(range(len(groups))) for groups in needle_groups]
     sets = [tuple(needle_groups[k][g]) for k, gs in enumerate(scan_group) for g in gs] + [tuple(markers)]
-    matcher = needle_matcher(tuple(sets))
-    if index is None and matcher is not None:
-        ix, line, which = LineIndex.with_matches(data, max_line, matcher)
-        found = [line[which == k] for k in range(len(sets))]
-    else:
+    matcher = needle_matcher(tuple(sets))  # one Hyperscan pass finds all sets
+    if matcher is None:
         ix = index if index is not None else LineIndex(data, max_line)
         found = _lines_holding(ix, sets)
+    else:
+        if index is None:
+            ix, line, which = LineIndex.with_matches(data, max_line, matcher)
+        else:
+            ix = index
+            line, which = matcher.lines(data, ix.starts)
+        found = [line[which == k] for k in range(len(sets))]
     chosen = ~ix.plain  # not a plain object: bad, blank, spaced out or with control bytes
     chosen[found[-1]] = True
     first = 0
@@ -729,12 +733,8 @@ _RAREST_GROUP: dict[Any, list[list[int]]] = {}
 
 
 def _lines_holding(ix: LineIndex, sets: Sequence[tuple[bytes, ...]]) -> list[np.ndarray]:
-    """For each set of byte strings, the lines holding one of them. One Hyperscan pass finds all
-    where Hyperscan is installed."""
-    matcher = needle_matcher(tuple(sets))
-    if matcher is not None and ix.data:
-        line, which = matcher.lines(ix.data, ix.starts)
-        return [line[which == k] for k in range(len(sets))]
+    """For each set of byte strings, the lines holding one of them, without Hyperscan (not
+    installed, or a pattern it refused)."""
     out = []
     # (a mapped file range has no find(): this fallback, for a pattern Hyperscan refused, copies it)
     text = bytes(ix.data) if isinstance(ix.data, memoryview) else ix.data
