@@ -4,7 +4,9 @@
   the decoder uses its slower pure-Arrow checks (flowtrail.sources.canonscan);
 * ``_hsmatch``: the line prefilter on the system's Hyperscan (Debian: libhyperscan-dev), built
   where its header is found; elsewhere the PyPI ``hyperscan`` wheel does the same work, slower
-  (flowtrail.sources.linematch).
+  (flowtrail.sources.linematch);
+* ``_render``: the simulator's line writer (flowtrail.lab.simulate); without it the same lines
+  come from numpy and ``str.join``, about twice as slow.
 """
 
 import os
@@ -39,7 +41,9 @@ def _hyperscan_flags() -> tuple[list[str], list[str]] | None:
 DEPENDS = ["src/flowtrail/sources/_lineindex.h"]
 
 extensions = [Extension("flowtrail.sources._canonscan", ["src/flowtrail/sources/_canonscan.c"],
-                        extra_compile_args=FLAGS, depends=DEPENDS, optional=True)]
+                        extra_compile_args=FLAGS, depends=DEPENDS, optional=True),
+              Extension("flowtrail.lab._render", ["src/flowtrail/lab/_render.c"], extra_compile_args=FLAGS,
+                        optional=True)]
 hs = _hyperscan_flags()
 if hs is not None and not os.environ.get("FLOWTRAIL_NO_SYSTEM_HYPERSCAN"):
     extensions.append(Extension("flowtrail.sources._hsmatch", ["src/flowtrail/sources/_hsmatch.c"],

@@ -217,3 +217,106 @@ def test_vectorized_timestamps_are_protojson_text() -> None:
     assert {len(t) for t in texts} <= {20, 24, 27, 30}
     assert texts[:4] == ["2026-11-26T08:00:00Z", "2026-11-26T08:00:00.005Z", "2026-11-26T08:00:00.000123Z",
                          "2026-11-26T08:00:00.000000007Z"]
+
+
+def test_c_line_writer_formats_protojson_timestamps() -> None:
+    import numpy as np
+
+    from flowtrail.lab import simulate as sim
+    from flowtrail.model.timeutil import protojson_timestamp
+    if sim._crender is None:
+        pytest.skip("the C line writer is not built here")
+    rng = random.Random(5)
+    base = 1_795_680_000 * NS
+    lo, hi = -(2**63), 2**63 - 1  # int64 nanoseconds: 1677-09-21 to 2262-04-11
+    times = [lo, lo + 1, -5 * NS + 7, -1, 0, 1, 951_782_400 * NS - 1, 951_782_400 * NS, base + 5_000_000,
+             base + 123_000, base + NS - 1, 4_107_542_400 * NS, hi - 1, hi]
+    times += [rng.randrange(lo, hi) for _ in range(3000)]
+    times += [rng.randrange(0, 4_000_000_000) * NS + rng.choice((0, 1_000_000, 1000, 1)) * rng.randrange(1, 999)
+              for _ in range(3000)]
+    times.sort()
+    n = len(times)
+    uuids = np.frombuffer(b"x" * 36 * n, dtype=np.uint8).reshape(n, 36)
+    blob, offsets, spill = sim._crender.lines(["B"] * n, np.arange(n, dtype=np.int64), np.array(times, dtype=np.int64),
+                                              np.zeros(n, dtype=np.int64), uuids, [b"|"], b"<", b">", n - 5)
+    assert blob is not None
+    lines = blob.decode().splitlines() + [s.rstrip("\n") for s in spill]
+    expect = [f'<{ts}","uuid":"{"x" * 36}>B|{ts}"}}' for ts in
+              (protojson_timestamp(t // NS, t % NS) for t in times)]
+    assert lines == expect
+    assert np.frombuffer(offsets, dtype=np.int64).tolist()[-1] == len(blob)
+
+
+def test_python_line_writer_gives_the_same_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fallback for machines without a C compiler
+    from flowtrail.lab import simulate as sim
+    opts = {"scenarios": ["port-scan", "dns-c2"], "duration_ns": 90 * NS, "seed": 4, "rate": 400, "workers": 1}
+    simulate(Options(output=str(tmp_path / "a.jsonl"), **opts))  # type: ignore[arg-type]
+    monkeypatch.setattr(sim, "_crender", None)
+    simulate(Options(output=str(tmp_path / "b.jsonl"), **opts))  # type: ignore[arg-type]
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_segments_too_big_for_a_shared_buffer_go_through_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowtrail.lab import simulate as sim
+    opts = {"scenarios": ["exfiltration"], "duration_ns": 120 * NS, "seed": 9, "rate": 400}
+    simulate(Options(output=str(tmp_path / "one.jsonl"), workers=1, **opts))  # type: ignore[arg-type]
+    # segments of 50 s (20k flows, ~36 MB) go to files, the last one of 20 s fits: both hand-overs
+    monkeypatch.setattr(sim, "SLOT_BYTES", 20 << 20)
+    simulate(Options(output=str(tmp_path / "two.jsonl"), workers=2, **opts))  # type: ignore[arg-type]
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+
+def test_stdout_pipe_gets_the_file_output(tmp_path: Path) -> None:
+    args = ["simulate", "--duration", "60s", "--rate", "500", "--seed", "3", "-q"]
+    assert flowtrail(*args, "-o", str(tmp_path / "f.jsonl")).returncode == 0
+    res = flowtrail(*args, "-o", "-")  # stdout is a pipe here
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout == (tmp_path / "f.jsonl").read_bytes() and res.stdout.count(b"\n") > 20_000
+
+
+def test_replacing_an_earlier_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from flowtrail.lab import simulate as sim
+    monkeypatch.setattr(sim, "RELEASE_MIN_BYTES", 0)  # every earlier output is released on a thread
+    opts = {"duration_ns": 20 * NS, "seed": 2, "rate": 200}
+    ref = tmp_path / "ref.jsonl"
+    simulate(Options(output=str(ref), **opts))  # type: ignore[arg-type]
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"old\n" * 100_000)
+    out.chmod(0o640)
+    simulate(Options(output=str(out), **opts))  # type: ignore[arg-type]
+    assert out.read_bytes() == ref.read_bytes() and (out.stat().st_mode & 0o777) == 0o640
+    # a symlink stays a link, its target is rewritten; a file with two names is rewritten in place
+    target, link = tmp_path / "target.jsonl", tmp_path / "link.jsonl"
+    target.write_bytes(b"old\n" * 1000)
+    link.symlink_to(target)
+    simulate(Options(output=str(link), **opts))  # type: ignore[arg-type]
+    assert link.is_symlink() and target.read_bytes() == ref.read_bytes()
+    other = tmp_path / "other-name.jsonl"
+    os.link(target, other)
+    target.write_bytes(b"old\n")
+    simulate(Options(output=str(target), **opts))  # type: ignore[arg-type]
+    assert other.read_bytes() == ref.read_bytes()
+
+
+def test_bundled_cluster_matches_the_schema() -> None:
+    # the bundled demo cluster is not schema-checked at run time
+    from flowtrail.lab.cluster import check_cluster_spec, load_cluster_spec
+    spec, source = load_cluster_spec(None)
+    check_cluster_spec(spec, source)
+
+
+def test_sim_random_draws_like_random_random() -> None:
+    from flowtrail.lab.rng import SimRandom
+    a, b = random.Random("seed:7"), SimRandom("seed:7")
+    ranges = [(0, 1), (1, 31), (1, 301), (300_000, 25_000_000), (5_000, 200_000), (-7, 9), (0, 2**70), (1000, 999_999)]
+    for _ in range(2000):
+        for lo, hi in ranges:
+            assert a.randrange(lo, hi) == b.randrange(lo, hi)
+        assert a.randint(1, 4) == b.randint(1, 4)
+        assert a.choice("abcdef") == b.choice("abcdef") and a.random() == b.random()
+        assert a.randrange(10) == b.randrange(10) and a.randrange(0, 100, 7) == b.randrange(0, 100, 7)
+    with pytest.raises(ValueError):
+        b.randrange(5, 5)

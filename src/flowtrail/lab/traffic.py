@@ -50,6 +50,7 @@ class Traffic:
         self.rng = rng
         self.edges: list[Edge] = []
         self.pod_pairs: list[tuple[list[Pod], list[Pod], int]] = []  # (clients, servers, port) of pod edges
+        self._pod_peers: dict[Pod, Peer] = {}
         for i, e in enumerate(cluster.spec["traffic"]):
             self.edges.append(self._edge(e, f"{cluster.source}: traffic/{i}"))
 
@@ -59,7 +60,10 @@ class Traffic:
         return choices[int(self.rng.random() * len(choices))]
 
     def pod_peer(self, pod: Pod) -> Peer:
-        return Peer(pod.ip, pod)
+        peer = self._pod_peers.get(pod)
+        if peer is None:  # Peer is frozen: building one costs more than looking it up
+            peer = self._pod_peers[pod] = Peer(pod.ip, pod)
+        return peer
 
     def world_peer(self, name: str) -> Peer:
         addrs = [a for a in self.c.external[name] if ":" not in a]
@@ -80,7 +84,7 @@ class Traffic:
             attempt = self.b.syn_probe(client, server, port, "dropped", retries=rng.choice((0, 1, 1, 2)))
             return then(events, attempt, rng.randrange(50_000, 400_000))
         close = "FIN" if rng.random() < 0.96 else "RST"
-        conn = self.b.tcp_connection(Peer(client.ip, client), server, port, http=http,
+        conn = self.b.tcp_connection(self.pod_peer(client), server, port, http=http,
                                      requests=rng.randint(*requests), policy_verdict=rng.random() < 0.2, close=close)
         return then(events, conn, rng.randrange(50_000, 400_000))
 
