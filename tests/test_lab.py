@@ -320,3 +320,14 @@ def test_sim_random_draws_like_random_random() -> None:
         assert a.randrange(10) == b.randrange(10) and a.randrange(0, 100, 7) == b.randrange(0, 100, 7)
     with pytest.raises(ValueError):
         b.randrange(5, 5)
+
+
+def test_plain_strings_are_their_own_json() -> None:
+    from flowtrail.lab.flows import _plain, jstr
+    rng = random.Random(1)
+    alphabet = ['"', "\\", "\n", "\x00", "\x1f", "\x7f", "é", "\u2028", "/", "a", "{", "%", " ", "\ud7ff"]
+    for _ in range(5000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 6)))
+        if _plain(s):
+            assert jstr(s) == f'"{s}"', repr(s)
+    assert _plain("http://api.app:8080/v1/orders/42?x=%20") and not _plain('a"b') and not _plain("a\\b")

@@ -68,6 +68,13 @@ def body_text(body: Body) -> str:
     return body if isinstance(body, str) else body[0].join(body[1])
 
 
+def _plain(text: str) -> bool:
+    """Whether JSON spells `text` as itself in quotes (orjson escapes only these: `"`, `\\` and
+    control characters). isprintable() is also false for some printable non-ASCII, which then
+    only takes the slower exact path."""
+    return text.isprintable() and '"' not in text and "\\" not in text
+
+
 def js(value: object) -> str:
     return orjson.dumps(value).decode()
 
@@ -327,14 +334,17 @@ class FlowBuilder:
             ctx = f'"trace_context":{{"parent":{{"trace_id":"{trace_id}"}}}},'
         x = rng.random()
         code = 404 if x < 0.03 else 503 if x < 0.04 else 500 if x < 0.045 else 201 if method == "POST" else 200
-        url_j = jstr(url)
+        plain = _plain(url) and _plain(method)  # then a JSON string is the text in quotes
+        url_j = f'"{url}"' if plain else jstr(url)
         sp = str(sport)
         http_tail = f'","url":{url_j},"protocol":"HTTP/1.1","headers":{hdrs}}}}},'
-        req = "".join((req_a, sp, req_b, method, http_tail, req_c, ctx, '"Summary":',
-                       jstr(f"HTTP/1.1 {method} {url}")))
-        resp = "".join((resp_a, sp, resp_b, str(latency), f'","http":{{"code":{code},"method":"{method}',
-                        http_tail, resp_c, ctx, '"Summary":',
-                        jstr(f"HTTP/1.1 {code} {latency // 1_000_000}ms ({method} {url})")))
+        req_summary = f'"HTTP/1.1 {method} {url}"' if plain else jstr(f"HTTP/1.1 {method} {url}")
+        resp_summary = (f'"HTTP/1.1 {code} {latency // 1_000_000}ms ({method} {url})"' if plain
+                        else jstr(f"HTTP/1.1 {code} {latency // 1_000_000}ms ({method} {url})"))
+        # joined when the line is written (Body)
+        req = ("", (req_a, sp, req_b, method, http_tail, req_c, ctx, '"Summary":', req_summary))
+        resp = ("", (resp_a, sp, resp_b, str(latency), f'","http":{{"code":{code},"method":"{method}',
+                     http_tail, resp_c, ctx, '"Summary":', resp_summary))
         return [(at, server.node, req), (at + latency, server.node, resp)]
 
     def syn_probe(self, client: Pod, server: Peer, port: int, outcome: str, *, retries: int = 0) -> list[Event]:
