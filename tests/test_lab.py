@@ -331,3 +331,19 @@ def test_plain_strings_are_their_own_json() -> None:
         if _plain(s):
             assert jstr(s) == f'"{s}"', repr(s)
     assert _plain("http://api.app:8080/v1/orders/42?x=%20") and not _plain('a"b') and not _plain("a\\b")
+
+
+def test_output_without_sendfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # where the kernel's sendfile does not take the output (other systems): read and write
+    import errno
+    import os
+
+    from flowtrail.lab import simulate as sim
+    opts = {"scenarios": ["port-scan"], "duration_ns": 120 * NS, "seed": 5, "rate": 400}
+    simulate(Options(output=str(tmp_path / "a.jsonl"), **opts))  # type: ignore[arg-type]
+
+    def refuse(*_: object) -> int:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    monkeypatch.setattr(sim.os, "sendfile", refuse)
+    simulate(Options(output=str(tmp_path / "b.jsonl"), **opts))  # type: ignore[arg-type]
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()

@@ -237,7 +237,8 @@ class _Writer:
             try:
                 sent = os.sendfile(self.fd, fd, offset, end - offset)
             except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                # an output or a system sendfile does not take (not Linux): read and write instead
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP):
                     raise
                 sent = 0
             if not sent:  # an output sendfile cannot write to: copy the rest by reading
