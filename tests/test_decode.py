@@ -761,3 +761,41 @@ def test_scanner_is_built_where_a_compiler_exists() -> None:
     line of `observe -o json`."""
     if shutil.which("gcc") or shutil.which("cc"):
         assert canonscan._canonscan is not None
+
+
+def test_worker_tables_handed_over_in_files_equal_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # large worker tables come back as Arrow IPC files in the spool directory (mapped, not
+    # piped); without a spool directory they go through the pipe; one process makes them itself
+    import contextlib
+
+    import pyarrow as pa
+
+    from flowtrail.lab.simulate import NS, Options, simulate
+    from flowtrail.policy.replay import REPLAY_PATHS
+    from flowtrail.sources import batches as bmod
+    from flowtrail.sources.files import Input
+    path = tmp_path / "flows.jsonl"
+    simulate(Options(duration_ns=100 * NS, seed=3, rate=250, output=str(path)))
+    path.write_bytes(path.read_bytes() + b'{"flow":{"verdict":"FORWARDED"\n')  # a bad last line
+    assert path.stat().st_size > bmod.PARALLEL_MIN_BYTES
+
+    def spool_maps() -> set[str]:
+        # tables read from the spool stay mapped (their files removed) while they are alive
+        with open("/proc/self/maps") as fh:
+            return {ln.split()[-2] for ln in fh if "/table-" in ln and ln.rstrip().endswith("(deleted)")}
+
+    def run(workers: int) -> tuple[pa.Table, list[tuple[int, str]], int, int]:
+        before = spool_maps()
+        got = list(bmod.batches([Input(str(path))], Decoder(sorted(REPLAY_PATHS)), None, workers))
+        tables = [b.table for b in got if b.table is not None and b.table.num_rows]
+        errors = [(e.line, e.source) for b in got for e in b.errors]
+        return pa.concat_tables(tables), errors, sum(b.lines for b in got), len(spool_maps() - before)
+
+    one = run(1)
+    two = run(2)
+    assert one[3] == 0 and two[3] > 0
+    assert two[0].equals(one[0]) and two[1:3] == one[1:3] and one[1] == [(one[2], str(path))]
+    monkeypatch.setattr(bmod, "spool_dir", lambda: contextlib.nullcontext(None))
+    piped = run(2)
+    assert piped[3] == 0 and piped[0].equals(one[0])
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"flowtrail-{os.getpid()}-")]

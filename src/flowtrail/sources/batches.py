@@ -8,6 +8,7 @@ their absolute file and line and never stop the stream.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -27,6 +28,7 @@ from flowtrail.sources.files import (
     open_binary,
     read_range,
     split_ranges,
+    spool_dir,
 )
 from flowtrail.sources.linematch import LineMatcher
 from flowtrail.sources.parallel import ordered_map
@@ -44,6 +46,25 @@ class Batch:
     lines: int
     errors: list[DecodeError] = field(default_factory=list)
     stats: DecodeStats = field(default_factory=DecodeStats)
+    table_file: str = ""  # from a worker: the table is in this Arrow IPC file (table is None until opened)
+
+    def open_table(self) -> None:
+        """The table a worker left in a file, mapped (not copied); the file is removed at once."""
+        if not self.table_file:
+            return
+        path, self.table_file = self.table_file, ""
+        try:
+            with pa.memory_map(path) as source:
+                self.table = pa.ipc.open_file(source).read_all()
+        finally:
+            os.unlink(path)
+
+
+# A worker's table of at least this size is handed over as an Arrow IPC file in the spool
+# directory (memory where /dev/shm is), which the reader maps: pickled through the pool's pipe it
+# was copied four times, and unpickling it took the reader's CPU (`policy audit` on 1M flows:
+# ~650 MB of tables, the reader being the bottleneck). Smaller ones are not worth a file.
+SPOOL_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -74,6 +95,7 @@ def _matching_lines(job: _Job, data: bytes, starts: np.ndarray, arr: pa.Array | 
 
 
 _JOB: _Job | None = None
+_SPOOL: str | None = None  # set before the workers fork: where they leave large tables
 
 
 def line_array(data: bytes) -> tuple[pa.Array, np.ndarray]:
@@ -114,12 +136,28 @@ def _work(args: tuple[str, int, int]) -> Batch:
     assert _JOB is not None
     path, start, end = args
     if not canonscan.AVAILABLE:  # the Arrow fallback's checks search bytes objects
-        return _decode(_JOB, read_range(path, start, end), path, 1)
+        return _spooled(_decode(_JOB, read_range(path, start, end), path, 1), start)
     mapped = MappedRange(path, start, end)  # not copied: see MappedRange
     try:
-        return _decode(_JOB, mapped.view, path, 1)  # type: ignore[arg-type]  # read as bytes
+        return _spooled(_decode(_JOB, mapped.view, path, 1), start)  # type: ignore[arg-type]  # read as bytes
     finally:
         mapped.close()
+
+
+def _spooled(b: Batch, start: int) -> Batch:
+    """The batch with a large table moved to a file in the spool directory, if there is one."""
+    if _SPOOL is None or b.table is None or b.table.nbytes < SPOOL_MIN_BYTES:
+        return b
+    path = os.path.join(_SPOOL, f"table-{start}.arrow")
+    try:
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, b.table.schema) as writer:
+            writer.write_table(b.table)
+    except (OSError, pa.ArrowIOError):  # the spool is full: through the pipe as before
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return b
+    b.table, b.table_file = None, path  # opened by the reader
+    return b
 
 
 def batches(inputs: Sequence[Input], decoder: Decoder,
@@ -128,7 +166,7 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
     """Decoded batches of every input, in order; `progress(bytes)` after each. `join`: whether
     worker tasks join several blocks, for results of a few rows per block (the default with a
     prefilter); without one every row is a result, and 16 MB tasks measured faster."""
-    global _JOB
+    global _JOB, _SPOOL
     job = _Job(decoder, prefilter)
     nproc = workers if workers is not None else (os.cpu_count() or 1)
     gc_was = gc.isenabled()
@@ -148,17 +186,23 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
                     ranges = grouped_ranges(ranges, nproc)
                 line = 1
                 tasks = [(inp.path, s, e) for s, e in ranges]
-                results = ordered_map(_work, tasks, nproc, inp.name, ahead=4 if joined else 2)
-                for (start, end), b in zip(ranges, results, strict=True):
-                    for err in b.errors:
-                        err.line += line - 1
-                        err.source = inp.name
-                    b.first_line, b.source = line, inp.name
-                    line += b.lines
-                    if progress is not None:
-                        progress(end - start)
-                    yield b
-                _JOB = None
+                with spool_dir() as _SPOOL:
+                    results = ordered_map(_work, tasks, nproc, inp.name, ahead=4 if joined else 2)
+                    try:
+                        for (start, end), b in zip(ranges, results, strict=True):
+                            b.open_table()
+                            for err in b.errors:
+                                err.line += line - 1
+                                err.source = inp.name
+                            b.first_line, b.source = line, inp.name
+                            line += b.lines
+                            if progress is not None:
+                                progress(end - start)
+                            yield b
+                    finally:
+                        # the workers stop before the spool (and what they left in it) is removed
+                        results.close()
+                _JOB = _SPOOL = None
                 continue
             with open_binary(inp) as fh:
                 for data, first in iter_blocks(fh):
