@@ -179,7 +179,7 @@ def schedule(cluster: Cluster, traffic: Traffic, opts: Options, gen: np.random.G
     return starts[order], edge_idx[order], scale
 
 
-Span = tuple[int, int, int]  # (fd, offset, count): bytes of a rendered segment's spool file
+Span = tuple[int, int, int]  # (fd, offset, count): bytes of a rendered segment in a shared buffer or spool file
 
 
 class _Writer:
