@@ -347,3 +347,18 @@ def test_output_without_sendfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sim.os, "sendfile", refuse)
     simulate(Options(output=str(tmp_path / "b.jsonl"), **opts))  # type: ignore[arg-type]
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_pick_draws_from_the_pods_other_than_avoid() -> None:
+    from flowtrail.lab.flows import FlowBuilder
+    from flowtrail.lab.rng import SimRandom
+    from flowtrail.lab.traffic import Traffic
+    cluster = load_cluster(None, 1)
+    traffic = Traffic(cluster, FlowBuilder(cluster, SimRandom(1)), SimRandom(1))
+    traffic.rng, ref = SimRandom("pick"), SimRandom("pick")
+    pods = cluster.pods[:5]
+    for avoid in [None, pods[0], pods[2], pods[4], cluster.pods[7]]:
+        for _ in range(300):
+            choices = [p for p in pods if p is not avoid] or pods
+            assert traffic.pick(pods, avoid) is choices[int(ref.random() * len(choices))]
+    assert traffic.pick(pods[:1], pods[0]) is pods[0]

@@ -116,8 +116,10 @@ class FlowBuilder:
         return 32768 + int(self.rng.random() * 28232)
 
     def uuid4(self) -> str:
-        h = f"{self.rng.getrandbits(128):032x}"
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+        x = self.rng.getrandbits(128)
+        h = x.to_bytes(16, "big").hex()
+        # the variant digit from the 17th hex digit's low two bits (bits 60-61 of the draw)
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[(x >> 60) & 3]}{h[17:20]}-{h[20:]}"
 
     def rtt(self, a: Peer, b: Peer) -> int:
         r = self.rng.random()

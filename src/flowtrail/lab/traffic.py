@@ -56,8 +56,14 @@ class Traffic:
 
     # ---------------------------------------------------------------- building blocks
     def pick(self, pods: list[Pod], avoid: Pod | None = None) -> Pod:
-        choices = [p for p in pods if p is not avoid] or pods
-        return choices[int(self.rng.random() * len(choices))]
+        """A pod drawn uniformly, other than `avoid` unless it is the only one. The draw indexes
+        the list without `avoid` (not built: it was one list per session)."""
+        n = len(pods)
+        if avoid is not None and n > 1 and avoid in pods:  # Pod compares by identity
+            k = pods.index(avoid)
+            i = int(self.rng.random() * (n - 1))
+            return pods[i + 1 if i >= k else i]
+        return pods[int(self.rng.random() * n)]
 
     def pod_peer(self, pod: Pod) -> Peer:
         peer = self._pod_peers.get(pod)
