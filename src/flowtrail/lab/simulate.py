@@ -594,10 +594,8 @@ def _render(k: int, slot: int = -1) -> _Segment:
     gc.disable()  # short-lived strings and tuples only; no cycles to collect
     try:
         path = os.path.join(_SPOOL, f"segment-{k}") if _SPOOL is not None else None
-        seg = _render_segment(k, path, _slot_buffer(slot) if slot >= 0 else None)
-        if seg.slot == -2:
-            seg.slot = slot
-        elif path is not None and not seg.blob_path:
+        seg = _render_segment(k, path, slot)
+        if seg.slot < 0 and path is not None and not seg.blob_path:
             with open(path, "wb") as fh:
                 fh.write(seg.blob)
             seg.blob, seg.blob_path = b"", path
@@ -607,9 +605,9 @@ def _render(k: int, slot: int = -1) -> _Segment:
             gc.enable()
 
 
-def _render_segment(k: int, path: str | None = None, buffer: mmap.mmap | None = None) -> _Segment:
-    """Segment k; its lines in `buffer` if they fit (then `slot` is -2), else written to `path`
-    (then in `blob_path`), else in `blob`."""
+def _render_segment(k: int, path: str | None = None, slot: int = -1) -> _Segment:
+    """Segment k; its lines in shared buffer `slot` if given and they fit (else `slot` is -1),
+    else written to `path` (then in `blob_path`), else in `blob`."""
     job = _JOB
     assert job is not None
     lo, hi = job.bounds[k], job.bounds[k + 1]
@@ -654,15 +652,15 @@ def _render_segment(k: int, path: str | None = None, buffer: mmap.mmap | None = 
     emitter = f'","emitter":{{"name":"Hubble","version":"{cluster.hubble_version}"}},'
     tails = [f'}},"node_name":"{nd.name}","time":"' for nd in cluster.nodes]
     blob_path = ""
-    slot = -1
+    in_slot = -1
     if _crender is not None:
         args = (bodies_l, np.ascontiguousarray(order, dtype=np.int64), times_arr, nodes, uuids,
                 [t.encode() for t in tails], head.encode(), emitter.encode(), split)
         raw_blob: bytes | None
-        if buffer is not None:
-            raw_blob, raw_offsets, spill_lines = _crender.lines(*args, buffer)
+        if slot >= 0:
+            raw_blob, raw_offsets, spill_lines = _crender.lines(*args, _slot_buffer(slot))
             if raw_blob is None:
-                slot = -2
+                in_slot = slot
         elif path is not None:
             with open(path, "wb") as fh:
                 raw_blob, raw_offsets, spill_lines = _crender.lines(*args, fh.fileno())
@@ -680,7 +678,7 @@ def _render_segment(k: int, path: str | None = None, buffer: mmap.mmap | None = 
     truth = [(int(tags[i]), times_list[i], uid(i)) for i in np.flatnonzero(tags[:split]).tolist()]
     spill = [(times_list[split + j], line, int(tags[split + j]), uid(split + j)) for j, line in enumerate(spill_lines)]
     return _Segment(blob=blob, times=times_arr[:split], offsets=offsets, spill=spill, truth=truth,
-                    sessions=(i1 - i0) + (j1 - j0), blob_path=blob_path, slot=slot)
+                    sessions=(i1 - i0) + (j1 - j0), blob_path=blob_path, slot=in_slot)
 
 
 def _lines_py(bodies_l: list[Body], order: np.ndarray, times_arr: np.ndarray, nodes: np.ndarray, uuids: np.ndarray,
