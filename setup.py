@@ -5,6 +5,8 @@
 * ``_hsmatch``: the line prefilter on the system's Hyperscan (Debian: libhyperscan-dev), built
   where its header is found; elsewhere the PyPI ``hyperscan`` wheel does the same work, slower
   (flowtrail.sources.linematch);
+* ``_lineclass``: line classes for the policy replay (flowtrail.sources.lineclass); without it
+  every flow line is decoded, with the same report;
 * ``_render``: the simulator's line writer (flowtrail.lab.simulate); without it the same lines
   come from numpy and ``str.join``, about twice as slow.
 """
@@ -42,6 +44,8 @@ DEPENDS = ["src/flowtrail/sources/_lineindex.h"]
 
 extensions = [Extension("flowtrail.sources._canonscan", ["src/flowtrail/sources/_canonscan.c"],
                         extra_compile_args=FLAGS, depends=DEPENDS, optional=True),
+              Extension("flowtrail.sources._lineclass", ["src/flowtrail/sources/_lineclass.c"],
+                        extra_compile_args=FLAGS, optional=True),
               Extension("flowtrail.lab._render", ["src/flowtrail/lab/_render.c"], extra_compile_args=FLAGS,
                         optional=True)]
 hs = _hyperscan_flags()

@@ -753,6 +753,83 @@ def test_replay_identity_keying_reports_as_per_connection(lab_replay: tuple[Path
             assert {o["type"] for o in out} >= {"bypass", "unselected", "unused-rule"}
 
 
+@pytest.mark.parametrize("cmd", ["audit", "whatif"])
+def test_line_classes_report_as_every_line(lab_replay: tuple[Path, Path, Path], cmd: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines that differ only in what the replay never reads are decoded once and weighted
+    (sources.lineclass): the same report, byte for byte, as decoding every line; in one process,
+    in workers over small ranges, and with the flows split over two inputs. The lab policies
+    have toFQDNs rules, so DNS answers are learned in flow order throughout."""
+    import flowtrail.sources.batches as batches_mod
+    from flowtrail.sources import files
+
+    flows, pol, inv = lab_replay
+    lines = flows.read_bytes().splitlines(keepends=True)
+    half = len(lines) // 2
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_bytes(b"".join(lines[:half]))
+    second.write_bytes(b"".join(lines[half:]))
+    base = ["policy", cmd, "--policies", str(pol), "--inventory", str(inv), "-o", "json"]
+    one = ["--input-file", str(flows)]
+    reference = CliRunner().invoke(cli, [*base, *one, "--workers", "1", "--every-line"])
+    assert reference.exit_code == 0, reference.output
+    out = [json.loads(x) for x in reference.stdout.splitlines()]
+    assert out[-1]["type"] == "summary" and sum(o.get("count", 0) for o in out) > 1000
+    runs = {"one process": [*one, "--workers", "1"],
+            "two inputs": ["--input-file", str(first), "--input-file", str(second), "--workers", "1"]}
+    for name, args in runs.items():
+        got = CliRunner().invoke(cli, [*base, *args])
+        assert got.exit_code == 0 and got.stdout == reference.stdout, name
+    # workers, each over ranges of ~64 kB (the lab file is far below the parallel threshold)
+    monkeypatch.setattr(batches_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(batches_mod, "split_ranges", lambda path: files.split_ranges(path, 64 << 10))
+    for args in ([*one, "--workers", "2"], ["--input-file", str(first), "--input-file", str(second),
+                                             "--workers", "2"]):
+        got = CliRunner().invoke(cli, [*base, *args])
+        assert got.exit_code == 0 and got.stdout == reference.stdout, args
+        plain = CliRunner().invoke(cli, [*base, *args, "--every-line"])
+        assert plain.exit_code == 0 and plain.stdout == reference.stdout, args
+
+
+def test_dns_answers_are_learned_in_flow_order(tmp_path: Path) -> None:
+    """toFQDNs allows an address only once a DNS answer named it: a flow to it before the answer
+    is denied (here: a bypass), one after it allowed, within one batch and with or without line
+    classes."""
+    client = ("x", "a-1", "a")
+
+    def to_world(uuid: str, t: int) -> dict[str, Any]:
+        flow = json.loads(hubble_flow(uuid, client, B, 443, "FORWARDED", "EGRESS", t=t))
+        flow["flow"]["IP"]["destination"] = "203.0.113.7"
+        flow["flow"]["destination"] = {"identity": 2, "labels": ["reserved:world"]}
+        return flow
+
+    answer = json.loads(hubble_flow("dns", ("kube-system", "coredns-1", "coredns"), client, 40000, "FORWARDED",
+                                    "INGRESS", reply=True, t=3))
+    answer["flow"]["l4"] = {"UDP": {"source_port": 53, "destination_port": 40000}}
+    answer["flow"]["l7"] = {"type": "RESPONSE", "dns": {"query": "api.example.com.", "ips": ["203.0.113.7"],
+                                                        "rcode": 0}}
+    rows = [to_world("before-1", 1), to_world("before-2", 2), answer, to_world("after-1", 4),
+            to_world("after-2", 5)]
+    flows = tmp_path / "flows.jsonl"
+    flows.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pol = tmp_path / "pol.yaml"
+    pol.write_text(yaml.safe_dump({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "fqdn", "namespace": "x"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "a"}},
+                 "egress": [{"toFQDNs": [{"matchName": "api.example.com"}]}]}}))
+    outs = []
+    for extra in ([], ["--every-line"]):
+        res = CliRunner().invoke(cli, ["policy", "audit", "--policies", str(pol), "--input-file", str(flows),
+                                       "-o", "json", "--workers", "1", *extra])
+        assert res.exit_code == 0, res.output
+        outs.append(res.stdout)
+        found = [json.loads(x) for x in res.stdout.splitlines()]
+        bypass = [o for o in found if o["type"] == "bypass"]
+        assert len(bypass) == 1 and bypass[0]["count"] == 2, found
+        assert bypass[0]["example_uuids"] == ["before-1", "before-2"]
+    assert outs[0] == outs[1]
+
+
 def test_replay_workload_keys_match_detect_features(lab_replay: tuple[Path, Path, Path]) -> None:
     """The replay computes detect.features' `wl_key` for the rows it reports, not the whole
     feature set: the same values."""
@@ -783,8 +860,8 @@ def test_replay_workload_keys_match_detect_features(lab_replay: tuple[Path, Path
 
 def test_replay_groups_match_folding_connection_by_connection(lab_replay: tuple[Path, Path, Path]) -> None:
     """group_rows folds a batch's finding rows with numpy: the same groups (counts, first/last
-    seen, example uuids, verdict, observed verdict) as folding them one connection at a time,
-    connections in order of first appearance and each one's rows in order."""
+    seen, verdict, observed verdict) as folding them one connection at a time, connections in
+    order of first appearance; each group's example uuids are its first flows in input order."""
     import numpy as np
 
     from flowtrail.policy.endpoints import Inventory
@@ -799,13 +876,17 @@ def test_replay_groups_match_folding_connection_by_connection(lab_replay: tuple[
         rows_of: dict[int, list[int]] = {}
         for r in np.flatnonzero(mask).tolist():
             rows_of.setdefault(int(rv.key[r]), []).append(r)
+        in_group: dict[tuple[Any, ...], list[int]] = {}
         for k, rows in sorted(rows_of.items()):
             (src,), (dst,) = rv.workload_keys(np.array(rows[:1]))
             v = rv.verdicts[k]
             gk = (kind, src or v.connection.src.key(), dst or v.connection.dst.key(), v.connection.protocol,
                   v.connection.port)
             g = groups.setdefault(gk, Group(*gk, verdict=v, observed=str(observed[rows[0]])))
-            g.add(len(rows), int(times[rows].min()), int(times[rows].max()), [uuids[r] for r in rows[:3] if uuids[r]])
+            g.add(len(rows), int(times[rows].min()), int(times[rows].max()), [])
+            in_group.setdefault(gk, []).extend(rows)
+        for gk, rows in in_group.items():
+            groups[gk].add(0, groups[gk].first_ns, groups[gk].last_ns, [uuids[r] for r in sorted(rows) if uuids[r]])
 
     flows, pol, _ = lab_replay
     rp = Replayer(Evaluator(load_policies([str(pol)]), "cilium"), Inventory())

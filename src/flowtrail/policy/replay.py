@@ -25,6 +25,7 @@ from flowtrail.filters.base import Columns
 from flowtrail.policy.endpoints import Endpoint, Inventory, IPAddr, from_identity_labels, parse_ip
 from flowtrail.policy.evaluate import Connection, DirectionResult, Evaluator, HTTPRequest, Verdict
 from flowtrail.policy.model import CIDRPeer, FQDNPeer, IPNet, Rule
+from flowtrail.sources import lineclass
 from flowtrail.sources.decode import Decoded, Decoder, LineIndex, needle_matcher
 from flowtrail.util import compute as pc
 from flowtrail.util.arrays import bool_mask, one_array
@@ -34,6 +35,8 @@ REPLAY_PATHS = sorted(set(FEATURE_PATHS) | {
     "source.labels", "destination.labels", "destination_names"})
 
 _SEP = "\x1e"
+_CLASS_COLUMNS = [lineclass.LINE, lineclass.WEIGHT, lineclass.T_FIRST, lineclass.T_LAST, *lineclass.EX_LINES,
+                  *lineclass.EX_UUIDS]
 _REPLY = b'"is_reply":true'
 _DNS_ANSWERS = b'"ips":['
 _POLICY_DROPS = ("POLICY_DENIED", "POLICY_DENY")
@@ -51,9 +54,11 @@ class ReplayDecoder(Decoder):
     Lines that are not plain JSON objects are still decoded, so bad lines are reported as before.
     """
 
-    def __init__(self, keep_dns_answers: bool) -> None:
+    def __init__(self, keep_dns_answers: bool, classes: bool = True) -> None:
         super().__init__(REPLAY_PATHS)
         self.keep_dns_answers = keep_dns_answers
+        # lines equal but for what the replay never reads are decoded once (sources.lineclass)
+        self.classes = classes and lineclass.AVAILABLE
 
     def decode_block(self, data: bytes | bytearray, source: str = "<block>", first_line: int = 1,
                      needle_groups: Any = None, markers: Any = (), columns: bool = True,
@@ -77,7 +82,66 @@ class ReplayDecoder(Decoder):
                 if self.keep_dns_answers and skip.any():
                     skip &= ~_lines_with(data, _DNS_ANSWERS, index.starts)
             wanted = ~skip
-        return super().decode_block(data, source, first_line, needle_groups, markers, columns, wanted, index)
+        if not columns:
+            return super().decode_block(data, source, first_line, needle_groups, markers, columns, wanted, index)
+        if index is None:
+            index = LineIndex(data, self.max_line)
+        lc = None
+        if self.classes and needle_groups is None and data:
+            look = np.ones(index.count, bool) if wanted is None else wanted.copy()
+            look &= ~index.empty
+            lines = np.flatnonzero(look)
+            lc = lineclass.classify(data, index.starts, index.ends, lines, (index.flow & index.plain)[lines],
+                                    self.keep_dns_answers)
+        if lc is None or not len(lc.rep):
+            dec = super().decode_block(data, source, first_line, needle_groups, markers, columns, wanted, index)
+            assert dec.table is not None
+            dec.table = lineclass.weighted_columns(dec.table, dec.line_numbers - first_line, first_line, None,
+                                                   index.count)
+            return dec
+        assert wanted is not None
+        wanted = wanted.copy()
+        wanted[lc.classed] = False
+        wanted[lc.rep] = True
+        dec = super().decode_block(data, source, first_line, None, (), True, wanted, index)
+        assert dec.table is not None
+        row_lines = dec.line_numbers - first_line
+        failed = ~np.isin(lc.rep, row_lines)
+        if failed.any():
+            # a representative the decoder refused: its class's lines are decoded one by one, so
+            # each is reported (or kept) as without classes
+            dec = self._declass(data, source, first_line, index, lc, failed, dec)
+            row_lines = dec.line_numbers - first_line
+        kept = lc.rep >= 0
+        dec.stats.flows += int(lc.count[kept].sum()) - int(kept.sum())
+        assert dec.table is not None
+        dec.table = lineclass.weighted_columns(dec.table, row_lines, first_line, lc, index.count)
+        return dec
+
+    def _declass(self, data: bytes | bytearray, source: str, first_line: int, index: LineIndex,
+                 lc: lineclass.LineClasses, failed: np.ndarray, dec: Decoded) -> Decoded:
+        """``dec`` with the lines of the ``failed`` classes (but their representatives) decoded
+        too; those classes are dissolved (their representatives get weight 1)."""
+        members = lc.lines[(lc.cls >= 0) & failed[np.maximum(lc.cls, 0)]]
+        members = members[~np.isin(members, lc.rep)]
+        wanted = np.zeros(index.count, bool)
+        wanted[members] = True
+        more = super().decode_block(data, source, first_line, None, (), True, wanted, index)
+        # the decoder adds lines that are not plain JSON objects itself: those are in `dec` already
+        keep = np.isin(more.line_numbers - first_line, members)
+        assert dec.table is not None and more.table is not None
+        lines = np.concatenate([dec.line_numbers, more.line_numbers[keep]])
+        order = np.argsort(lines, kind="stable")
+        table = pa.concat_tables([dec.table, more.table.filter(pa.array(keep))]).take(pa.array(order))
+        mine = set((members + first_line).tolist())
+        errors = sorted([*dec.errors, *(e for e in more.errors if e.line in mine)], key=lambda e: e.line)
+        stats = dec.stats
+        stats.errors = len(errors)
+        stats.flows += int(keep.sum())
+        for k in np.flatnonzero(failed).tolist():
+            lc.rep[k] = -1  # no longer a class: its rows are weight 1
+        dec.table, dec.line_numbers, dec.errors = table, lines[order], errors
+        return dec
 
 
 def _lines_with(data: bytes | bytearray | memoryview, needle: bytes, starts: np.ndarray) -> np.ndarray:
@@ -135,6 +199,8 @@ class RowVerdicts:
     workloads: Callable[[np.ndarray], tuple[list[str | None], list[str | None]]] | None = None
     _workloads: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
     _times: np.ndarray | None = None
+    # the line-class columns (sources.lineclass) when a row may stand for several flows
+    classes: pa.Table | None = None
 
     def times(self) -> np.ndarray:
         """Flow times (ns) of every row, as detect.features computes them for the batch."""
@@ -142,6 +208,52 @@ class RowVerdicts:
             assert self.cols is not None
             self._times = np.asarray(flow_times(self.cols).to_numpy(zero_copy_only=False)).astype(np.int64)
         return self._times
+
+    def weights(self, rows: np.ndarray) -> np.ndarray:
+        """How many flows each of ``rows`` stands for."""
+        if self.classes is None:
+            return np.ones(len(rows), np.int64)
+        return _ints(pc.take(_col(self.classes, lineclass.WEIGHT), pa.array(rows, pa.int64())))
+
+    def time_bounds(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First and last time (ns) of the flows each of ``rows`` stands for."""
+        t = self.times()[rows]
+        if self.classes is None:
+            return t, t
+        at = pa.array(rows, pa.int64())
+        first, last = (pc.take(_col(self.classes, name), at) for name in (lineclass.T_FIRST, lineclass.T_LAST))
+        if not first.null_count:
+            return _ints(first), _ints(last)
+        has = bool_mask(first.is_valid())
+        return np.where(has, _ints(first), t), np.where(has, _ints(last), t)
+
+    def examples(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """The example flows of ``rows``, in input order per row: for each, the position of its
+        row in ``rows``, its place in the input and its uuid. A row stands for itself, or for
+        the first EXAMPLES flows with a uuid of its line class."""
+        at = pa.array(rows, pa.int64())
+        own = pc.take(_col(self.feats, "uuid"), at).to_pylist()
+        if self.classes is None:
+            return np.arange(len(rows)), rows.astype(np.int64), own
+        line = _ints(pc.take(_col(self.classes, lineclass.LINE), at))
+        ex_line = np.stack([_ints(pc.take(_col(self.classes, c), at)) for c in lineclass.EX_LINES], axis=1)
+        ex_uuid = [pc.take(_col(self.classes, c), at).to_pylist() for c in lineclass.EX_UUIDS]
+        classed = bool_mask(pc.take(_col(self.classes, lineclass.T_FIRST), at).is_valid())
+        pos: list[int] = []
+        places: list[int] = []
+        uuids: list[str | None] = []
+        for i in range(len(rows)):
+            if not classed[i]:
+                pos.append(i)
+                places.append(int(line[i]))
+                uuids.append(own[i])
+                continue
+            for k in range(lineclass.EXAMPLES):
+                if ex_line[i, k] >= 0:
+                    pos.append(i)
+                    places.append(int(ex_line[i, k]))
+                    uuids.append(ex_uuid[k][i])
+        return np.array(pos, np.int64), np.array(places, np.int64), uuids
 
     def workload_keys(self, rows: np.ndarray) -> tuple[list[str | None], list[str | None]]:
         """`src.wl_key` and `dst.wl_key` of the given rows (see Replayer._workload_keys)."""
@@ -230,6 +342,8 @@ class _Batch:
         self.cols = cols
         self.feats = feats
         self._codes: dict[str, tuple[list[Any], np.ndarray]] = {}
+        # per row the names learned from DNS answers for its destination address by then (toFQDNs)
+        self.learned = np.zeros(feats.num_rows, np.int64)
 
     def codes(self, name: str) -> tuple[list[Any], np.ndarray]:
         """Distinct values of a row feature or flow field (lists as tuples) and per row the
@@ -271,6 +385,10 @@ class Replayer:
         self.uses_dns = any(pr.l7 is not None and pr.l7.dns for r in rules for pr in r.ports or ())
         self.uses_fqdn = any(isinstance(p, FQDNPeer) for r in rules for p in r.peers or ())
         self.dns_names: dict[str, set[str]] = {}  # answer IP -> names, from DNS responses seen
+        # the sets of names learned for an address at some row, numbered (0: none)
+        self._learned_sets: list[frozenset[str]] = [frozenset()]
+        self._learned_text: list[str] = [""]
+        self._learned_ids: dict[frozenset[str], int] = {frozenset(): 0}
         self.verdicts: Sequence[Verdict] = _LazyVerdicts(self)
         self.used_rules: set[Rule] = set()
         self.endpoints: dict[str, Endpoint] = {}  # workload key -> an endpoint (for selection reports)
@@ -311,7 +429,7 @@ class Replayer:
         batch = _Batch(cols, feats)
         n = table.num_rows
         if self.uses_fqdn:
-            self._learn_dns(cols)
+            self._learn_dns(batch)
         reply = pc.fill_null(_col(feats, "is_reply"), False)
         # replies of allowed connections are allowed (§1.7): only the opening direction is judged
         usable = pc.and_(pc.is_valid(_col(feats, "proto")), pc.invert(reply))
@@ -322,8 +440,10 @@ class Replayer:
         if mask.any():
             key_idx[mask] = self._connections(batch, mask)
         flags = self._flags[:self._n]
+        classes = table.select(_CLASS_COLUMNS) if lineclass.WEIGHT in table.column_names else None
         return RowVerdicts(key_idx, self.verdicts, feats, flags[:, 0], flags[:, 1], flags[:, 2], flags[:, 3],
-                           self._protocols, self._ports, cols, lambda rows: self._workload_keys(batch, rows))
+                           self._protocols, self._ports, cols, lambda rows: self._workload_keys(batch, rows),
+                           classes=classes)
 
     # ---- keys and connections ----
 
@@ -403,32 +523,64 @@ class Replayer:
             parts.append((b.codes("l7.dns.query")[1], plain(cols.get("l7.dns.query"))))
         if self.uses_fqdn:
             parts.append((b.codes("destination_names")[1], joined(cols.get("destination_names"))))
-            dst_ip = _col(b.feats, "dst.ip")
 
             def learned(at: pa.Array) -> pa.Array:
-                # the names learned so far from DNS answers for the address: a function of it
-                ips = pc.take(dst_ip, at)
-                uniq = pc.unique(ips)
-                text = [",".join(sorted(self.dns_names.get(ip, ()))) if ip else None for ip in uniq.to_pylist()]
-                return pc.take(pa.array(text, pa.string()), pc.index_in(ips, uniq))
-            parts.append((None, learned))
+                # the names learned by then from DNS answers for the address
+                return pa.array([self._learned_text[i] for i in b.learned[at.to_numpy()].tolist()], pa.string())
+            parts.append((b.learned, learned))
         return parts
 
-    def _learn_dns(self, cols: Columns) -> None:
+    def _learn_dns(self, b: _Batch) -> None:
+        """Per row of the batch, the names learned for its destination address by then (from the
+        answers of earlier batches, earlier rows and its own: Cilium's DNS proxy learns an
+        answer before the client sees it); then this batch's answers are learned."""
+        vals, codes = b.codes("dst.ip")
+        ids = np.array([self._learned_id(self.dns_names.get(ip, ())) if ip else 0 for ip in vals], np.int64)
+        learned = ids[codes]
+        cols = b.cols
         q = cols.get("l7.dns.query")
         ips = cols.get("l7.dns.ips")
         has = pc.and_(pc.is_valid(q), pc.greater(pc.fill_null(pc.list_value_length(ips), 0), 0))
-        if not pc.any(has).as_py():
-            return
-        sub_ips = pc.filter(ips, has)
-        answers = pc.list_flatten(sub_ips)
-        names = pc.take(pc.filter(q, has), pc.list_parent_indices(sub_ips))
-        # each distinct (address, name) pair once: a busy resolver repeats the same answers
-        a_vals, a_codes = _codes(answers)
-        n_vals, n_codes = _codes(names)
-        pairs = np.unique(a_codes * len(n_vals) + n_codes)
-        for a, nm in zip((pairs // len(n_vals)).tolist(), (pairs % len(n_vals)).tolist(), strict=True):
-            self.dns_names.setdefault(a_vals[a], set()).add(n_vals[nm])
+        if pc.any(has).as_py():
+            rows = np.flatnonzero(bool_mask(has))
+            sub_ips = pc.filter(ips, has)
+            parent = np.asarray(pc.list_parent_indices(sub_ips).to_numpy(zero_copy_only=False), np.int64)
+            a_vals, a_codes = _codes(pc.list_flatten(sub_ips))
+            n_vals, n_codes = _codes(pc.take(pc.filter(q, has), pa.array(parent)))
+            # each distinct (address, name) pair once, at its first row: a busy resolver repeats
+            pairs, first = np.unique(a_codes * len(n_vals) + n_codes, return_index=True)
+            new: dict[str, list[tuple[int, str]]] = {}
+            for pair, at in zip(pairs.tolist(), first.tolist(), strict=True):
+                ip, name = a_vals[pair // len(n_vals)], n_vals[pair % len(n_vals)]
+                if ip is None or name is None:
+                    continue
+                known = self.dns_names.setdefault(ip, set())
+                if name not in known:
+                    known.add(name)
+                    new.setdefault(ip, []).append((int(rows[parent[at]]), name))
+            where = {ip: k for k, ip in enumerate(vals) if ip}
+            for ip, events in new.items():
+                k = where.get(ip)
+                if k is None:
+                    continue  # no flow of this batch goes there
+                events.sort()
+                names = set(self._learned_sets[int(ids[k])])
+                steps = [int(ids[k])]
+                for _, name in events:
+                    names.add(name)
+                    steps.append(self._learned_id(names))
+                to = np.flatnonzero(codes == k)
+                learned[to] = np.array(steps, np.int64)[np.searchsorted([r for r, _ in events], to, side="right")]
+        b.learned = learned
+
+    def _learned_id(self, names: Iterable[str]) -> int:
+        key = frozenset(names)
+        got = self._learned_ids.get(key)
+        if got is None:
+            got = self._learned_ids[key] = len(self._learned_sets)
+            self._learned_sets.append(key)
+            self._learned_text.append(",".join(sorted(key)))
+        return got
 
     def _add(self, b: _Batch, rows: np.ndarray, keys: list[str]) -> None:
         """Number the new connections (first rows ``rows``) and compute their verdict flags.
@@ -454,7 +606,7 @@ class Replayer:
         s_sig, s_addr, s_raw = self._addresses(sub("src.ip"), sub("src.pod"))
         d_sig, d_addr, d_raw = self._addresses(sub("dst.ip"), sub("dst.pod"))
         if self.uses_fqdn:
-            self._names_of[c0:self._n] = self._dst_names(sub("destination_names"), sub("dst.ip"))
+            self._names_of[c0:self._n] = self._dst_names(sub("destination_names"), b.learned[rows])
         self._note_workloads(b, rows, c0, ((s_ident, s_raw), (d_ident, d_raw)))
         if not self.identity_keys:
             self.evaluations += self._n - c0
@@ -623,17 +775,13 @@ class Replayer:
                 raw[i] = self._raw_ids.setdefault((p_vals[p_codes[i]], vals[codes[i]]), len(self._raw_ids))
         return sig[codes], addr[codes], raw
 
-    def _dst_names(self, names: tuple[list[Any], np.ndarray], ips: tuple[list[Any], np.ndarray]) -> np.ndarray:
+    def _dst_names(self, names: tuple[list[Any], np.ndarray], learned: np.ndarray) -> np.ndarray:
         """Per row the number of its destination's names: destination_names and the names
-        learned (so far) from DNS answers for its address."""
-        first, inverse = _distinct([names[1], ips[1]])
+        learned by then from DNS answers for its address (``learned``, see `_learn_dns`)."""
+        first, inverse = _distinct([names[1], learned])
         ids = np.empty(len(first), np.int64)
         for j, r in enumerate(first.tolist()):
-            got = set(names[0][names[1][r]])
-            ip = ips[0][ips[1][r]]
-            if ip:
-                got |= self.dns_names.get(ip, set())
-            key = frozenset(got)
+            key = frozenset(names[0][names[1][r]]) | self._learned_sets[int(learned[r])]
             ids[j] = self._names_ids.get(key, -1)
             if ids[j] < 0:
                 ids[j] = self._names_ids[key] = len(self._names)
@@ -898,8 +1046,8 @@ def group_rows(groups: dict[tuple[Any, ...], Group], kind: str, mask: np.ndarray
     """Fold the masked rows into groups keyed by (kind, workload pair, protocol, port).
 
     A connection's rows join the group of its first masked row's workloads; groups take the
-    verdict of their lowest-numbered connection and, as examples, the first uuids of their
-    connections in connection order (the first three rows of each).
+    verdict of their lowest-numbered connection and, as examples, the uuids of their first flows
+    in input order. A row counts as the flows it stands for (RowVerdicts.weights).
     """
     idx = np.flatnonzero(mask)
     if not len(idx):
@@ -908,10 +1056,11 @@ def group_rows(groups: dict[tuple[Any, ...], Group], kind: str, mask: np.ndarray
     # rows grouped by connection with one stable sort (first rows stay first within a connection)
     order = np.argsort(key, kind="stable")
     rows = idx[order]
-    conns, starts, counts = np.unique(key[order], return_index=True, return_counts=True)
+    conns, starts = np.unique(key[order], return_index=True)
     first = rows[starts]
-    t = rv.times()[rows]
-    t_first, t_last = np.minimum.reduceat(t, starts), np.maximum.reduceat(t, starts)
+    counts = np.add.reduceat(rv.weights(rows), starts)
+    t_lo, t_hi = rv.time_bounds(rows)
+    t_first, t_last = np.minimum.reduceat(t_lo, starts), np.maximum.reduceat(t_hi, starts)
     src_wl, dst_wl = rv.workload_keys(first)
     observed_of: list[Any] | None = None
     gid = np.empty(len(conns), np.int64)
@@ -938,17 +1087,23 @@ def group_rows(groups: dict[tuple[Any, ...], Group], kind: str, mask: np.ndarray
     np.minimum.at(lo, gid, t_first)
     hi = np.full(len(targets), np.iinfo(np.int64).min, np.int64)
     np.maximum.at(hi, gid, t_last)
-    # example uuids: only for groups still short of them, the first rows of each connection
-    short = np.array([len(g.uuids) < MAX_EXAMPLES for g in targets])
     examples: dict[int, list[str]] = {}
-    js = np.flatnonzero(short[gid])
-    if len(js):
-        n_ex = np.minimum(counts[js], MAX_EXAMPLES)
-        ex_rows = rows[np.repeat(starts[js], n_ex) + np.arange(int(n_ex.sum())) - np.repeat(np.cumsum(n_ex) - n_ex, n_ex)]
-        uuids = pc.take(_col(rv.feats, "uuid"), pa.array(ex_rows)).to_pylist()
-        at = 0
-        for j, n_j in zip(js.tolist(), n_ex.tolist(), strict=True):
-            examples.setdefault(int(gid[j]), []).extend(u for u in uuids[at:at + n_j] if u)
-            at += n_j
+    # example uuids: only for groups still short of them, their first flows in input order. A
+    # row stands for at most EXAMPLES of them, and (unclassed) rows are in input order within a
+    # connection: the first EXAMPLES rows of each connection hold its first examples.
+    short = np.array([len(g.uuids) < MAX_EXAMPLES for g in targets])
+    conn_of = np.repeat(np.arange(len(conns)), np.diff(np.append(starts, len(rows))))
+    rank = np.arange(len(rows)) - starts[conn_of]
+    pick = short[gid[conn_of]]
+    if rv.classes is None:
+        pick &= rank < MAX_EXAMPLES
+    if pick.any():
+        picked = rows[pick]
+        pos, places, uuids = rv.examples(picked)
+        slot_of = gid[conn_of[np.flatnonzero(pick)]][pos]
+        for i in np.lexsort((places, slot_of)).tolist():
+            u = uuids[i]
+            if u:
+                examples.setdefault(int(slot_of[i]), []).append(u)
     for s, g in enumerate(targets):
         g.add(int(count[s]), int(lo[s]), int(hi[s]), examples.get(s, ()))

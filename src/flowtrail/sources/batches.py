@@ -30,6 +30,7 @@ from flowtrail.sources.files import (
     split_ranges,
     spool_dir,
 )
+from flowtrail.sources.lineclass import LINE_PREFIX
 from flowtrail.sources.linematch import LineMatcher
 from flowtrail.sources.parallel import ordered_map
 from flowtrail.util import compute as pc
@@ -160,6 +161,20 @@ def _spooled(b: Batch, start: int) -> Batch:
     return b
 
 
+# line-number columns of later inputs sort after those of earlier ones (2^40 lines per input)
+INPUT_SHIFT = 40
+
+
+def _shift_lines(table: pa.Table | None, offset: int) -> pa.Table | None:
+    """``table`` with its line-number columns (lineclass.LINE_PREFIX) made absolute."""
+    if table is None or not offset:
+        return table
+    for i, name in enumerate(table.column_names):
+        if name.startswith(LINE_PREFIX):
+            table = table.set_column(i, name, pc.add(table.column(i), pa.scalar(offset, pa.int64())))
+    return table
+
+
 def batches(inputs: Sequence[Input], decoder: Decoder,
             prefilter: Sequence[str] | None = None, workers: int | None = None,
             progress: Callable[[int], None] | None = None, join: bool | None = None) -> Iterator[Batch]:
@@ -172,7 +187,7 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived objects; the cyclic collector only costs time here
     try:
-        for inp in inputs:
+        for ordinal, inp in enumerate(inputs):
             if nproc > 1 and not inp.is_stdin and not inp.is_gzip() and inp.size() >= PARALLEL_MIN_BYTES:
                 _JOB = job
                 ranges = split_ranges(inp.path)
@@ -191,6 +206,7 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
                     try:
                         for (start, end), b in zip(ranges, results, strict=True):
                             b.open_table()
+                            b.table = _shift_lines(b.table, line - 1 + (ordinal << INPUT_SHIFT))
                             for err in b.errors:
                                 err.line += line - 1
                                 err.source = inp.name
@@ -207,6 +223,7 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
             with open_binary(inp) as fh:
                 for data, first in iter_blocks(fh):
                     b = _decode(job, data, inp.name, first)
+                    b.table = _shift_lines(b.table, ordinal << INPUT_SHIFT)
                     if progress is not None:
                         progress(len(data))
                     yield b
