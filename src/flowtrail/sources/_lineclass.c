@@ -300,7 +300,6 @@ typedef struct {
     cp dst;          /* IP.destination */
     Py_ssize_t dst_len;
     int flow_seen;
-    int replay; /* TCP flags and L7 latency are masked too (the replay reads neither; metrics do) */
     scan_t S;
 } line_t;
 
@@ -318,9 +317,12 @@ static int put(line_t *L, const void *src, size_t n) {
     return 1;
 }
 
-/* leave out [from, to) of the line: copy what precedes it, mark the cut */
+/* Leave out [from, to) of the line: copy what precedes it and mark the cut with 0xFF (a byte no
+ * valid line holds, so two remainders are equal only with their cuts at the same places) and the
+ * kind of member cut. */
 static int cut(line_t *L, cp from, cp to, char mark) {
-    if (!put(L, L->seg, (size_t)(from - L->seg)) || !put(L, &mark, 1)) return 0;
+    unsigned char m[2] = {0xFF, (unsigned char)mark};
+    if (!put(L, L->seg, (size_t)(from - L->seg)) || !put(L, m, 2)) return 0;
     L->seg = to;
     return 1;
 }
@@ -356,7 +358,7 @@ static cp l4_inner(line_t *L, cp key, size_t klen, cp member, cp v, cp e, int de
         cp end = parse_port(v, e);
         return (end && cut(L, member, end, 'p')) ? end : NULL;
     }
-    if (L->replay && KEY("flags")) {
+    if (KEY("flags")) {
         cp end = parse_flags(v, e);
         return (end && cut(L, member, end, 'f')) ? end : NULL;
     }
@@ -369,7 +371,7 @@ static cp l4_member(line_t *L, cp key, size_t klen, cp member, cp v, cp e, int d
 }
 
 static cp l7_member(line_t *L, cp key, size_t klen, cp member, cp v, cp e, int depth) {
-    if (L->replay && KEY("latency_ns")) {
+    if (KEY("latency_ns")) {
         cp end = parse_u64(v, e);
         return (end && cut(L, member, end, 'l')) ? end : NULL;
     }
@@ -413,7 +415,7 @@ static cp flow_member(line_t *L, cp key, size_t klen, cp member, cp v, cp e, int
         break;
     case 2:
         if (KEY("l4") && v < e && *v == '{') return walk_object(L, v, e, depth, l4_member);
-        if (L->replay && KEY("l7") && v < e && *v == '{') return walk_object(L, v, e, depth, l7_member);
+        if (KEY("l7") && v < e && *v == '{') return walk_object(L, v, e, depth, l7_member);
         if (KEY("IP") && v < e && *v == '{') return walk_object(L, v, e, depth, ip_member);
         break;
     }
@@ -586,15 +588,14 @@ static PyObject *as_bytes(const void *p, size_t n) {
 
 static PyObject *classify(PyObject *self, PyObject *args) {
     Py_buffer data, sb, eb, lb, cb;
-    int fqdn, replay = 1;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*p|p", &data, &sb, &eb, &lb, &cb, &fqdn, &replay)) return NULL;
+    int fqdn;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*p", &data, &sb, &eb, &lb, &cb, &fqdn)) return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = lb.len / (Py_ssize_t)sizeof(int64_t);
     const int64_t *starts = sb.buf, *ends = eb.buf, *lines = lb.buf;
     const uint8_t *cand = cb.buf;
     Py_ssize_t nlines = sb.len / (Py_ssize_t)sizeof(int64_t);
     int32_t *cls = malloc((size_t)(n ? n : 1) * sizeof *cls);
-    int64_t *ltime = malloc((size_t)(n ? n : 1) * sizeof *ltime);
     size_t cap = 1024;
     while (cap < (size_t)n * 2) cap *= 2;
     int32_t *table = malloc(cap * sizeof *table);
@@ -603,11 +604,10 @@ static PyObject *classify(PyObject *self, PyObject *args) {
     unsigned char *arena = NULL;
     size_t alen = 0, acap = 0;
     line_t L = {0};
-    L.replay = replay;
     strmap_t epochs = {0};
     int give_up = 0, failed = 0;
-    if (cls == NULL || ltime == NULL || table == NULL || cb.len < n || eb.len != sb.len) {
-        if (cls && ltime && table) PyErr_SetString(PyExc_ValueError, "classify: mismatched arrays");
+    if (cls == NULL || table == NULL || cb.len < n || eb.len != sb.len) {
+        if (cls && table) PyErr_SetString(PyExc_ValueError, "classify: mismatched arrays");
         else PyErr_NoMemory();
         goto done;
     }
@@ -615,7 +615,6 @@ static PyObject *classify(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n && !failed; i++) {
         cls[i] = -1;
-        ltime[i] = INT64_MIN;
         int64_t li = lines[i];
         if (li < 0 || li >= nlines || starts[li] < 0 || ends[li] > data.len || starts[li] > ends[li]) {
             give_up = 1;
@@ -698,7 +697,6 @@ static PyObject *classify(PyObject *self, PyObject *args) {
             k->n_ex++;
         }
         cls[i] = c;
-        ltime[i] = L.time;
     }
     Py_END_ALLOW_THREADS
     if (failed) {
@@ -740,18 +738,16 @@ static PyObject *classify(PyObject *self, PyObject *args) {
                 offs[s + 1] = (int32_t)at;
             }
         }
-        result = Py_BuildValue("(NNNNNNNNN)", as_bytes(cls, (size_t)n * sizeof *cls),
+        result = Py_BuildValue("(NNNNNNNN)", as_bytes(cls, (size_t)n * sizeof *cls),
                                as_bytes(cols, ncls * sizeof *cols), as_bytes(cols + ncls, ncls * sizeof *cols),
                                as_bytes(cols + 2 * ncls, ncls * sizeof *cols),
                                as_bytes(cols + 3 * ncls, ncls * sizeof *cols),
                                as_bytes(ex_line, ncls * EXAMPLES * sizeof *cols),
-                               as_bytes(offs, (ncls * EXAMPLES + 1) * sizeof *offs), as_bytes(blob, at),
-                               as_bytes(ltime, (size_t)n * sizeof *ltime));
+                               as_bytes(offs, (ncls * EXAMPLES + 1) * sizeof *offs), as_bytes(blob, at));
         free(cols); free(offs); free(blob);
     }
 done:
     free(cls);
-    free(ltime);
     free(table);
     free(classes);
     free(arena);
@@ -767,10 +763,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"classify", classify, METH_VARARGS,
-     "classify(data, starts, ends, lines, candidate, fqdn, replay=True) -> (class per line (int32), then per "
-     "class: representative line, count, first ns, last ns (int64), example lines (int64, 3 per class, -1: "
-     "none), example uuid offsets (int32), example uuid bytes; then per line its time (int64, INT64_MIN: "
-     "not classed))"},
+     "classify(data, starts, ends, lines, candidate, fqdn) -> (class per line (int32), then per class: "
+     "representative line, count, first ns, last ns (int64), example lines (int64, 3 per class, -1: none), "
+     "example uuid offsets (int32), example uuid bytes)"},
     {NULL, NULL, 0, NULL},
 };
 

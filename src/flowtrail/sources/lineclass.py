@@ -52,7 +52,6 @@ class LineClasses:
     t_last: np.ndarray
     ex_line: np.ndarray  # (classes, EXAMPLES)
     ex_uuid: pa.Array  # string, classes * EXAMPLES, null where ex_line is -1
-    times: np.ndarray  # per line of ``lines``: its time (ns) when classed
 
     @property
     def classed(self) -> np.ndarray:
@@ -60,17 +59,15 @@ class LineClasses:
 
 
 def classify(data: bytes | bytearray | memoryview, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray,
-             candidate: np.ndarray, fqdn: bool, replay: bool = True) -> LineClasses | None:
+             candidate: np.ndarray, fqdn: bool) -> LineClasses | None:
     """Classes of ``lines`` (ascending line indices of the block; ``candidate`` says which may
-    be classed, the others are only read for DNS answers). ``replay``: TCP flags and L7 latency
-    are masked too (the policy replay reads neither; Hubble metrics do). None without the
-    extension."""
+    be classed, the others are only read for DNS answers). None without the extension."""
     if _lineclass is None:
         return None
     lines = np.ascontiguousarray(lines, np.int64)
     out = _lineclass.classify(data, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(ends, np.int64),
-                              lines, np.ascontiguousarray(candidate, np.uint8), fqdn, replay)
-    cls, rep, count, t_first, t_last, ex_line, ex_offsets, ex_blob, times = out
+                              lines, np.ascontiguousarray(candidate, np.uint8), fqdn)
+    cls, rep, count, t_first, t_last, ex_line, ex_offsets, ex_blob = out
     n = len(rep) // 8
     ex = np.frombuffer(ex_line, np.int64).reshape(n, EXAMPLES)
     valid = ex.reshape(-1) >= 0
@@ -78,7 +75,7 @@ def classify(data: bytes | bytearray | memoryview, starts: np.ndarray, ends: np.
                                         pa.array(valid).buffers()[1] if not valid.all() else None)
     return LineClasses(lines, np.frombuffer(cls, np.int32), np.frombuffer(rep, np.int64).copy(),
                        np.frombuffer(count, np.int64), np.frombuffer(t_first, np.int64),
-                       np.frombuffer(t_last, np.int64), ex, uuids, np.frombuffer(times, np.int64))
+                       np.frombuffer(t_last, np.int64), ex, uuids)
 
 
 def weighted_columns(table: pa.Table, row_lines: np.ndarray, first_line: int, lc: LineClasses | None,
