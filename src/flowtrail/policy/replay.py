@@ -34,7 +34,6 @@ REPLAY_PATHS = sorted(set(FEATURE_PATHS) | {
     "event_type.type", "l7.http.method", "l7.http.url", "l7.http.headers", "l7.dns.query", "l7.dns.ips",
     "source.labels", "destination.labels", "destination_names"})
 
-_SEP = "\x1e"
 _CLASS_COLUMNS = [lineclass.LINE, lineclass.WEIGHT, lineclass.T_FIRST, lineclass.T_LAST, *lineclass.EX_LINES,
                   *lineclass.EX_UUIDS]
 _REPLY = b'"is_reply":true'
@@ -394,7 +393,8 @@ class Replayer:
         self.endpoints: dict[str, Endpoint] = {}  # workload key -> an endpoint (for selection reports)
         self.evaluations = 0  # verdict flags evaluated: one per class and per request its L7 rules read
         # connections: key -> number; per number its first row (chunk, row), names and flags
-        self._cache: dict[str, int] = {}
+        self._cache: dict[tuple[int, ...], int] = {}
+        self._numbers: dict[str, dict[Any, int]] = {}  # per key part: value -> number
         self._n = 0
         self._chunks: list[dict[str, pa.Array]] = []
         self._where = np.zeros((0, 2), np.int64)
@@ -450,85 +450,62 @@ class Replayer:
     def _connections(self, b: _Batch, mask: np.ndarray) -> np.ndarray:
         """The connection number of each masked row, numbering new connections.
 
-        A connection is identified by its key: the parts of `_key_parts` as text, joined. Rows
-        are first grouped on the parts' values (numpy, on dictionary codes), then each group's
-        key is written from its first row: writing every row's costs twice as much. Groups with
-        equal keys (a null part is "" in the key) are one connection. Connections are numbered
-        in order of their key's first row in the batch, and described by their first masked row.
+        A connection is identified by its key: the parts of `_key_codes`, each value numbered
+        once for the whole replay, as a tuple. Rows are grouped on those numbers with numpy and
+        each group's key is looked up once. Connections are numbered in order of their key's
+        first row in the batch, and described by their first masked row.
         """
-        parts = self._key_parts(b)
-        first, inverse = _distinct([c for c, _ in parts if c is not None])
-        at = pa.array(first, pa.int64())
-        keys = pc.binary_join_element_wise(*[pc.fill_null(pc.cast(text(at), pa.string()), "") for _, text in parts],
-                                           _SEP).to_pylist()
+        parts = self._key_codes(b)
+        first, inverse = _distinct(parts)
+        keys: list[tuple[int, ...]] = list(map(tuple, np.stack([p[first] for p in parts], axis=1).tolist()))
         rows = np.flatnonzero(mask)
         first_masked = np.full(len(first), -1, np.int64)
         groups, at_masked = np.unique(inverse[rows], return_index=True)
         first_masked[groups] = rows[at_masked]
         number = np.array([self._cache.get(k, -1) for k in keys], np.int64)
-        if len(set(keys)) == len(keys):
-            # one group per key (the usual case): no grouping by key in Python
-            new = np.flatnonzero((first_masked >= 0) & (number < 0))
-            new = new[np.argsort(first[new], kind="stable")]
-            number[new] = self._n + np.arange(len(new))
-            new_keys = [keys[j] for j in new.tolist()]
-            new_rows = first_masked[new].tolist()
-        else:
-            new_keys, new_rows = [], []
-            by_key: dict[str, list[int]] = {}
-            for j in np.argsort(first, kind="stable").tolist():
-                by_key.setdefault(keys[j], []).append(j)
-            for key, js in by_key.items():
-                masked = [int(first_masked[j]) for j in js if first_masked[j] >= 0]
-                if not masked:
-                    continue
-                c = self._cache.get(key)
-                if c is None:
-                    c = self._n + len(new_keys)
-                    new_keys.append(key)
-                    new_rows.append(min(masked))
-                number[js] = c
-        if new_keys:
-            self._add(b, np.array(new_rows, np.int64), new_keys)
+        # the numbers are exact, so one group is one key
+        new = np.flatnonzero((first_masked >= 0) & (number < 0))
+        new = new[np.argsort(first[new], kind="stable")]
+        number[new] = self._n + np.arange(len(new))
+        if len(new):
+            self._add(b, first_masked[new], [keys[j] for j in new.tolist()])
         return number[inverse[rows]]
 
-    def _key_parts(self, b: _Batch) -> list[tuple[np.ndarray | None, Callable[[pa.Array], pa.Array]]]:
-        """A connection's key, part by part: the rows' codes (None: the part follows from the
-        others) and the part's text for some rows. Lists are joined with commas."""
+    def _key_codes(self, b: _Batch) -> list[np.ndarray]:
+        """A connection's key, part by part: per row the number of the part's value. Values are
+        numbered the first time the replay meets them (`_number`); a null is the empty value
+        (as a missing pod name and an empty one are the same endpoint)."""
         cols = b.cols
-
-        def plain(arr: pa.Array) -> Callable[[pa.Array], pa.Array]:
-            return lambda at: pc.take(arr, at)
-
-        def joined(lists: pa.Array) -> Callable[[pa.Array], pa.Array]:
-            return lambda at: pc.binary_join(pc.take(lists, at), ",")
-        parts: list[tuple[np.ndarray | None, Callable[[pa.Array], pa.Array]]] = []
+        names = []
         for long, short in (("source", "src"), ("destination", "dst")):
-            parts.append((b.codes(f"{long}.labels")[1], joined(cols.get(f"{long}.labels"))))
-            parts += [(b.codes(f"{short}.{f}")[1], plain(_col(b.feats, f"{short}.{f}")))
-                      for f in ("namespace", "pod", "ip", "identity")]
+            names.append(f"{long}.labels")
+            names += [f"{short}.{f}" for f in ("namespace", "pod", "ip", "identity")]
+        names += ["proto", "dst.port"]
+        out = [self._number(name, *b.codes(name)) for name in names]
         icmp = pc.coalesce(cols.get("l4.ICMPv4.type"), cols.get("l4.ICMPv6.type"))
-        parts += [(b.codes("proto")[1], plain(_col(b.feats, "proto"))),
-                  (b.codes("dst.port")[1], plain(_col(b.feats, "dst.port"))), (_ids(icmp), plain(icmp))]
+        out.append(self._number("icmp", *_codes(icmp)))
         if self.uses_http:
-            parts += [(_ids(cols.get(p)), plain(cols.get(p))) for p in ("l7.http.method", "l7.http.url")]
+            out += [self._number(p, *_codes(cols.get(p))) for p in ("l7.http.method", "l7.http.url")]
             if self.uses_http_headers:
                 hdr = cols.get("l7.http.headers")
                 flat = pc.list_flatten(hdr)
                 kv = pc.binary_join_element_wise(pc.struct_field(flat, "key"), pc.struct_field(flat, "value"), ":")
                 text = (pc.binary_join(pa.ListArray.from_arrays(hdr.offsets, kv), "\n")
                         if len(flat) else pa.nulls(len(hdr), pa.string()))
-                parts.append((_ids(text), plain(text)))
+                out.append(self._number("headers", *_codes(text)))
         if self.uses_dns:
-            parts.append((b.codes("l7.dns.query")[1], plain(cols.get("l7.dns.query"))))
+            out.append(self._number("l7.dns.query", *b.codes("l7.dns.query")))
         if self.uses_fqdn:
-            parts.append((b.codes("destination_names")[1], joined(cols.get("destination_names"))))
+            out.append(self._number("destination_names", *b.codes("destination_names")))
+            out.append(b.learned)  # numbered sets of learned names already
+        return out
 
-            def learned(at: pa.Array) -> pa.Array:
-                # the names learned by then from DNS answers for the address
-                return pa.array([self._learned_text[i] for i in b.learned[at.to_numpy()].tolist()], pa.string())
-            parts.append((b.learned, learned))
-        return parts
+    def _number(self, part: str, values: list[Any], codes: np.ndarray) -> np.ndarray:
+        """Per row the replay-wide number of its value of ``part`` (values and per-row codes as
+        `_codes` and `_list_codes` give them; null counts as empty)."""
+        seen = self._numbers.setdefault(part, {})
+        ids = np.array([seen.setdefault("" if v is None else v, len(seen)) for v in values], np.int64)
+        return ids[codes] if len(codes) else np.zeros(0, np.int64)
 
     def _learn_dns(self, b: _Batch) -> None:
         """Per row of the batch, the names learned for its destination address by then (from the
@@ -582,7 +559,7 @@ class Replayer:
             self._learned_text.append(",".join(sorted(key)))
         return got
 
-    def _add(self, b: _Batch, rows: np.ndarray, keys: list[str]) -> None:
+    def _add(self, b: _Batch, rows: np.ndarray, keys: list[tuple[int, ...]]) -> None:
         """Number the new connections (first rows ``rows``) and compute their verdict flags.
 
         The flags are those of the connection's class: per endpoint its identity (labels,
@@ -643,7 +620,7 @@ class Replayer:
         if by_request:
             self._l7_flags(chunk, c0, by_request, [l7[inverse[i]] for i in by_request])
 
-    def _store(self, b: _Batch, rows: np.ndarray, keys: list[str]) -> dict[str, pa.Array]:
+    def _store(self, b: _Batch, rows: np.ndarray, keys: list[tuple[int, ...]]) -> dict[str, pa.Array]:
         """Number the new connections and keep their facts (their first rows' columns), read
         back when a Verdict is wanted."""
         cols, feats = b.cols, b.feats
