@@ -908,3 +908,39 @@ def test_replay_groups_match_folding_connection_by_connection(lab_replay: tuple[
     assert list(fast) == list(slow) and fast == slow
     # pods of one identity share their verdict flags: far fewer evaluations than connections
     assert rp.evaluations < numbered / 2
+
+
+def test_audit_shows_progress_on_a_terminal(lab_replay: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A long replay draws a progress bar on stderr when that is a terminal; stdout keeps only
+    the report (here a file)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    flows, pol, _ = lab_replay
+    big = tmp_path / "big.jsonl"
+    text = flows.read_bytes()
+    with big.open("wb") as f:
+        for _ in range((70 << 20) // len(text) + 1):  # past the 64 MB threshold
+            f.write(text)
+    out = tmp_path / "report.json"
+    main, child = pty.openpty()
+    with out.open("wb") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "flowtrail.cli.main", "policy", "audit", "--policies",
+                                 str(pol), "--input-file", str(big), "-o", "json"], stdout=stdout, stderr=child)
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=300) == 0, seen[-2000:]
+    os.close(main)
+    assert b"replaying" in seen and b"100%" in seen
+    lines = out.read_text().splitlines()
+    assert all(line.startswith("{") for line in lines) and json.loads(lines[-1])["type"] == "summary"

@@ -100,8 +100,10 @@ def run_engine(engine: Engine, inputs: tuple[str, ...], workers: int | None, str
     total = sum(i.size() for i in ins if not i.is_stdin)
     bar = None
     if sys.stderr.isatty() and total > 64 << 20:
+        from rich.console import Console
         from rich.progress import Progress
-        bar = Progress(transient=True)
+        # on stderr, which is the terminal checked: stdout is the report (or a file)
+        bar = Progress(console=Console(stderr=True), transient=True)
         task = bar.add_task("detecting", total=total)
         bar.start()
     lines = bad = 0

@@ -56,8 +56,9 @@ def simulate_cmd(cluster: str | None, scenarios: tuple[str, ...], duration: str,
     progress = None
     bar = None
     if not quiet and sys.stderr.isatty() and output != "-":
+        from rich.console import Console
         from rich.progress import Progress
-        bar = Progress(transient=True)
+        bar = Progress(console=Console(stderr=True), transient=True)
         task = bar.add_task("simulating", total=None)
         bar.start()
 
