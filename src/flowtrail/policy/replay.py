@@ -344,6 +344,26 @@ class _Batch:
         # per row the names learned from DNS answers for its destination address by then (toFQDNs)
         self.learned = np.zeros(feats.num_rows, np.int64)
 
+    def workload_codes(self, side: str) -> np.ndarray:
+        """Per row the index of its ``side.workloads`` list among the batch's distinct ones
+        (items by name and kind, a null apart from an empty string)."""
+        name = f"{side}.workloads"
+        hit = self._codes.get(name)
+        if hit is None:
+            lists = self.cols.get(name)
+            flat = pc.list_flatten(lists)
+            if len(flat):
+                # "=" before a value, so that a null ("\x00") and an empty name differ
+                text = pc.binary_join_element_wise(
+                    *[pc.fill_null(pc.binary_join_element_wise("=", pc.struct_field(flat, f), ""), "\x00")
+                      for f in ("name", "kind")], "\x1f")
+                offsets = pc.subtract(lists.offsets, lists.offsets[0])  # flatten starts at the first
+                lists = pa.ListArray.from_arrays(offsets, text, mask=lists.is_null())
+            else:
+                lists = pa.array([None if v is None else [] for v in lists.to_pylist()], pa.list_(pa.string()))
+            hit = self._codes[name] = _list_codes(lists)
+        return hit[1]
+
     def codes(self, name: str) -> tuple[list[Any], np.ndarray]:
         """Distinct values of a row feature or flow field (lists as tuples) and per row the
         index of its value; see `_codes` and `_list_codes`."""
@@ -696,14 +716,20 @@ class Replayer:
     def _workload_keys(self, b: _Batch, rows: np.ndarray) -> tuple[list[str | None], list[str | None]]:
         """`src.wl_key` and `dst.wl_key` of ``rows`` as detect.features.build computes them, for
         these rows only: the replay does not pay for the whole feature set."""
-        at = pa.array(rows, pa.int64())
-
-        def take(path: str) -> pa.Array:
-            return pc.take(b.cols.get(path), at)
-        src, dst = (side_keys(take(f"{side}.namespace"), take(f"{side}.pod_name"), take(ip),
-                              take(f"{side}.workloads"), take(f"{side}.labels"), len(rows))["wl_key"].to_pylist()
-                    for side, ip in (("source", "IP.source"), ("destination", "IP.destination")))
-        return src, dst
+        out: list[list[str | None]] = []
+        for side, short, ip in (("source", "src", "IP.source"), ("destination", "dst", "IP.destination")):
+            # a pure function of the side's namespace, pod, address, workloads and labels: computed
+            # once per distinct endpoint (connections share them: ~20x fewer rows)
+            parts = [b.codes(name)[1][rows] for name in (f"{short}.namespace", f"{short}.pod", f"{short}.ip",
+                                                         f"{side}.labels")]
+            parts.append(b.workload_codes(side)[rows])
+            first, inverse = _distinct(parts)
+            at = pa.array(rows[first], pa.int64())
+            ns, pod, addr, wls, labels = (pc.take(b.cols.get(path), at) for path in (
+                f"{side}.namespace", f"{side}.pod_name", ip, f"{side}.workloads", f"{side}.labels"))
+            keys = side_keys(ns, pod, addr, wls, labels, len(first))["wl_key"].to_pylist()
+            out.append([keys[j] for j in inverse.tolist()])
+        return out[0], out[1]
 
     def _grow(self, n: int) -> None:
         if n <= len(self._flags):
