@@ -27,6 +27,7 @@ from flowtrail.sources import canonscan
 from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, FileSpans, Rows, parse_rows
 from flowtrail.sources.files import (
     Input,
+    InputError,
     MappedRange,
     grouped_ranges,
     iter_blocks,
@@ -214,8 +215,17 @@ def run_input(proc: BlockProcessor, inp: Input, workers: int | None = None) -> I
             yield from _run_parallel(proc, inp, nproc)
             return
         with open_binary(inp) as fh:
-            for data, first in iter_blocks(fh):
-                yield proc.process(data, inp.name, first)
+            line = 1
+            try:
+                for data, first in iter_blocks(fh, source=inp.name):
+                    res = proc.process(data, inp.name, first)
+                    line = first + res.lines
+                    yield res
+            except InputError as exc:
+                # reported like a bad line; the next input is read
+                res = proc.process(b"", inp.name, line)
+                res.errors.append(DecodeError(inp.name, exc.line, exc.message))
+                yield res
     finally:
         gc.enable()
 

@@ -22,6 +22,7 @@ from flowtrail.sources import canonscan
 from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, LineIndex
 from flowtrail.sources.files import (
     Input,
+    InputError,
     MappedRange,
     grouped_ranges,
     iter_blocks,
@@ -221,11 +222,19 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
                 _JOB = _SPOOL = None
                 continue
             with open_binary(inp) as fh:
-                for data, first in iter_blocks(fh):
-                    b = _decode(job, data, inp.name, first)
-                    b.table = _shift_lines(b.table, ordinal << INPUT_SHIFT)
-                    if progress is not None:
-                        progress(len(data))
+                line = 1
+                try:
+                    for data, first in iter_blocks(fh, source=inp.name):
+                        b = _decode(job, data, inp.name, first)
+                        b.table = _shift_lines(b.table, ordinal << INPUT_SHIFT)
+                        line = first + b.lines
+                        if progress is not None:
+                            progress(len(data))
+                        yield b
+                except InputError as exc:
+                    # reported like a bad line, and the next input is read
+                    b = _decode(job, b"", inp.name, line)
+                    b.errors.append(DecodeError(inp.name, exc.line, exc.message))
                     yield b
     finally:
         if gc_was:

@@ -10,12 +10,26 @@ import os
 import re
 import sys
 import time
+import types
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-import numpy as np
+from flowtrail.sources.canonscan import count_newlines
+
+GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error)
+_gzip: types.ModuleType = gzip
+try:
+    # zlib-ng inflates ~3x faster than the system zlib here (1M benchmark flows, 213 MB of gzip:
+    # 1.5 s against 4.2-4.8 s), with the same file format and API
+    from zlib_ng import gzip_ng, zlib_ng
+
+    _gzip = gzip_ng
+    GZIP_ERRORS += (cast(type[BaseException], zlib_ng.error),)
+except ImportError:
+    pass
 
 BLOCK_SIZE = 16 << 20  # large enough to amortise per-block costs (a regex compile), small for memory
 _ROTATED = re.compile(r"^(?P<base>.+?)(?:-(?P<stamp>\d{4}-\d{2}-\d{2}T[\d.-]+))?\.(?P<ext>log|jsonl?|json)(?:\.gz)?$")
@@ -73,29 +87,69 @@ def open_binary(inp: Input) -> BinaryIO:
     if inp.is_stdin:
         return sys.stdin.buffer
     if inp.is_gzip():
-        return gzip.open(inp.path, "rb")  # type: ignore[return-value]
+        return cast(BinaryIO, _gzip.open(inp.path, "rb"))
     return open(inp.path, "rb")
 
 
-def iter_blocks(fh: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[tuple[bytes, int]]:
-    """Yield (block of whole lines, number of its first line); a final unterminated line counts."""
+class InputError(Exception):
+    """An input whose data ends early or is corrupt (a truncated or damaged gzip stream): what came
+    before is read, then this names the input and the line where it stopped."""
+
+    def __init__(self, source: str, line: int, message: str) -> None:
+        super().__init__(f"{source}:{line}: {message}")
+        self.source, self.line, self.message = source, line, message
+
+
+GZIP_PIECE = 64 << 10  # lost at most before a damage; larger pieces were no faster
+
+
+def iter_blocks(fh: BinaryIO, block_size: int = BLOCK_SIZE, source: str = "<input>") -> Iterator[tuple[bytes, int]]:
+    """Yield (block of whole lines, number of its first line); a final unterminated line counts.
+
+    Blocks are read into fresh bytearrays (the decoder reads them as they are; a block and the
+    line cut off its end were two copies of every byte). A gzip stream is inflated in small
+    pieces (zlib-ng inflates all of a read or none of it), so that when it turns out cut short
+    or corrupt the data before the damage is still yielded (its last line, cut short, is decoded
+    and reported like any bad line); then InputError names the input and the line."""
+    gz = isinstance(fh, gzip.GzipFile) or type(fh).__module__.startswith("zlib_ng")
+    piece = GZIP_PIECE if gz else block_size
     line = 1
     rest = b""
-    while True:
-        chunk = fh.read(block_size)
-        if not chunk:
+    failure: BaseException | None = None
+    while failure is None:
+        buf = bytearray(len(rest) + block_size)
+        buf[:len(rest)] = rest
+        got = len(rest)
+        with memoryview(buf) as view:
+            while got < len(buf):
+                try:
+                    n = fh.readinto(view[got:got + piece])  # type: ignore[attr-defined]
+                except GZIP_ERRORS as exc:
+                    failure = exc
+                    break
+                if not n:
+                    break
+                got += n
+        if got == len(rest):
             break
-        data = rest + chunk if rest else chunk
-        cut = data.rfind(b"\n")
+        del buf[got:]
+        cut = buf.rfind(b"\n")
         if cut == -1:
-            rest = data
+            rest = bytes(buf)
             continue
-        block, rest = data[: cut + 1], data[cut + 1 :]
-        yield block, line
-        # numpy counts bytes several times faster than bytes.count
-        line += int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))
+        rest = bytes(buf[cut + 1:])
+        del buf[cut + 1:]
+        yield buf, line  # type: ignore[misc]  # read as bytes
+        line += count_newlines(buf)
     if rest:
         yield rest, line
+        line += 1
+    if failure is not None:
+        cause = str(failure) or type(failure).__name__
+        what = "gzip data" if gz else "the input"
+        raise InputError(source, line - 1, f"{what} cut short or corrupt after this line ({cause}); "
+                         "the lines before it were read")
+
 
 
 MAX_GROUP = 4  # ranges in one worker task at most

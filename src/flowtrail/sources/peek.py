@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from flowtrail.model.timeutil import parse_rfc3339_ns
-from flowtrail.sources.files import Input, open_binary
+from flowtrail.sources.files import GZIP_ERRORS, Input, open_binary
 
 # Hubble writes the flow's time first ({"flow":{"time":...) and the envelope's last; either will do
 _TIME = re.compile(rb'"time":"([0-9T:.Z+-]{20,40})"')
@@ -24,6 +24,6 @@ def first_time_ns(inp: Input, max_lines: int = 50) -> int | None:
                 m = _TIME.search(line)
                 if m:
                     return parse_rfc3339_ns(m.group(1).decode("ascii"))
-    except (OSError, EOFError):
+    except GZIP_ERRORS:
         return None
     return None
