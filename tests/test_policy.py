@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -783,8 +784,12 @@ def test_line_classes_report_as_every_line(lab_replay: tuple[Path, Path, Path], 
     # workers, each over ranges of ~64 kB (the lab file is far below the parallel threshold)
     monkeypatch.setattr(batches_mod, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(batches_mod, "split_ranges", lambda path: files.split_ranges(path, 64 << 10))
+    # a gzip input: inflated by one more process into blocks (~64 kB here) that the workers decode
+    packed = tmp_path / "flows.jsonl.gz"
+    packed.write_bytes(gzip.compress(flows.read_bytes(), compresslevel=1))
+    monkeypatch.setattr(batches_mod, "BLOCK_SIZE", 16 << 10)
     for args in ([*one, "--workers", "2"], ["--input-file", str(first), "--input-file", str(second),
-                                             "--workers", "2"]):
+                                             "--workers", "2"], ["--input-file", str(packed), "--workers", "2"]):
         got = CliRunner().invoke(cli, [*base, *args])
         assert got.exit_code == 0 and got.stdout == reference.stdout, args
         plain = CliRunner().invoke(cli, [*base, *args, "--every-line"])

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
+import multiprocessing as mp
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,12 +25,15 @@ import pyarrow as pa
 from flowtrail.sources import canonscan
 from flowtrail.sources.decode import DecodeError, Decoder, DecodeStats, LineIndex
 from flowtrail.sources.files import (
+    BLOCK_SIZE,
+    MAX_GROUP,
     Input,
     InputError,
     MappedRange,
     grouped_ranges,
     iter_blocks,
     open_binary,
+    open_gzip,
     read_range,
     split_ranges,
     spool_dir,
@@ -146,11 +153,15 @@ def _work(args: tuple[str, int, int]) -> Batch:
         mapped.close()
 
 
+_TABLES = itertools.count()
+
+
 def _spooled(b: Batch, start: int) -> Batch:
     """The batch with a large table moved to a file in the spool directory, if there is one."""
     if _SPOOL is None or b.table is None or b.table.nbytes < SPOOL_MIN_BYTES:
         return b
-    path = os.path.join(_SPOOL, f"table-{start}.arrow")
+    # unique across workers and inputs (inflated blocks of a .gz all start at 0)
+    path = os.path.join(_SPOOL, f"table-{os.getpid()}-{next(_TABLES)}-{start}.arrow")
     try:
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, b.table.schema) as writer:
             writer.write_table(b.table)
@@ -221,24 +232,124 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
                         results.close()
                 _JOB = _SPOOL = None
                 continue
+            if nproc > 1 and inp.is_gzip():
+                joined = join if join is not None else prefilter is not None
+                yield from _inflated_in_parallel(job, inp, ordinal, nproc, progress, joined)
+                continue
             with open_binary(inp) as fh:
                 line = 1
+                raw = getattr(fh, "fileobj", None)  # a gzip input's compressed file: progress in its bytes
+                done = 0
                 try:
                     for data, first in iter_blocks(fh, source=inp.name):
                         b = _decode(job, data, inp.name, first)
                         b.table = _shift_lines(b.table, ordinal << INPUT_SHIFT)
                         line = first + b.lines
                         if progress is not None:
-                            progress(len(data))
+                            pos = raw.tell() if raw is not None else done + len(data)
+                            progress(pos - done)
+                            done = pos
                         yield b
                 except InputError as exc:
                     # reported like a bad line, and the next input is read
-                    b = _decode(job, b"", inp.name, line)
-                    b.errors.append(DecodeError(inp.name, exc.line, exc.message))
-                    yield b
+                    yield _input_error(job, inp, line, exc)
     finally:
         if gc_was:
             gc.enable()
+
+
+def _input_error(job: _Job, inp: Input, line: int, exc: InputError) -> Batch:
+    """An input that ended early, reported like a bad line (the next input is read)."""
+    b = _decode(job, b"", inp.name, line)
+    b.errors.append(DecodeError(inp.name, exc.line, exc.message))
+    return b
+
+
+def _inflate(inp: Input, spool: str, block_size: int, out: Any) -> None:
+    """Inflate a gzip input into block files in the spool, handing each on (``out``, a bounded
+    multiprocessing queue) as ("block", path, size, compressed bytes read for it); then ("cut",
+    line, message) for an input that ends early, or ("failed", message), and ("end",). Run in its
+    own process: zlib-ng hands the GIL back and forth on every piece, and a thread doing it beside
+    the replay was starved."""
+    try:
+        with open_gzip(inp.path) as fh:
+            raw = fh.fileobj  # type: ignore[attr-defined]
+            done = 0
+            for k, (data, _) in enumerate(iter_blocks(fh, block_size, inp.name)):
+                path = os.path.join(spool, f"inflated-{k}")
+                with open(path, "wb") as f:
+                    f.write(data)
+                del data
+                pos = raw.tell()
+                out.put(("block", path, os.path.getsize(path), pos - done))
+                done = pos
+    except InputError as exc:
+        out.put(("cut", exc.line, exc.message))
+    except Exception as exc:  # the reader raises it as an OSError naming the input
+        out.put(("failed", f"{inp.name}: {exc}"))
+    out.put(("end",))
+
+
+def _inflated_in_parallel(job: _Job, inp: Input, ordinal: int, nproc: int,
+                          progress: Callable[[int], None] | None, joined: bool) -> Iterator[Batch]:
+    """A gzip input decoded by the worker pool: one more process inflates it into block files in
+    the spool directory (memory where /dev/shm is), which the workers map like ranges of a plain
+    file. Before, a .gz was inflated and decoded in this process alone (1M benchmark flows,
+    `policy audit`: 10.7 s against 5.1 s for the same file uncompressed)."""
+    global _JOB, _SPOOL
+    _JOB = job
+    # joined: the workers' tasks are as large as a plain file's joined ranges (line classes and
+    # fixed costs per task), at the price of more inflated data waiting in the spool
+    block_size = BLOCK_SIZE * (MAX_GROUP if joined else 1)
+    ctx = mp.get_context("fork")
+    items: Any = ctx.Queue(maxsize=2)
+    ended: list[tuple[Any, ...]] = []
+    order: deque[tuple[str, int]] = deque()
+
+    def tasks() -> Iterator[tuple[str, int, int]]:
+        while True:
+            item = items.get()
+            if item[0] != "block":
+                ended.append(item)
+                if item[0] == "end":
+                    return
+                continue
+            _, path, size, consumed = item
+            order.append((path, consumed))
+            yield path, 0, size
+
+    line = 1
+    with spool_dir() as _SPOOL:
+        inflater = ctx.Process(target=_inflate, args=(inp, _SPOOL, block_size, items), daemon=True)
+        inflater.start()
+        results = ordered_map(_work, tasks(), nproc, inp.name, ahead=2)
+        try:
+            for b in results:
+                path, consumed = order.popleft()
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # decoded: its worker is done with it
+                b.open_table()
+                b.table = _shift_lines(b.table, line - 1 + (ordinal << INPUT_SHIFT))
+                for err in b.errors:
+                    err.line += line - 1
+                    err.source = inp.name
+                b.first_line, b.source = line, inp.name
+                line += b.lines
+                if progress is not None:
+                    progress(consumed)
+                yield b
+        finally:
+            results.close()
+            if inflater.is_alive():
+                inflater.terminate()  # stopped early
+            inflater.join()
+            items.close()
+    _JOB = _SPOOL = None
+    for item in ended:
+        if item[0] == "cut":
+            yield _input_error(job, inp, line, InputError(inp.name, item[1], item[2]))
+        elif item[0] == "failed":
+            raise OSError(item[1])
 
 
 def gathered(stream: Iterator[Batch], min_rows: int = 65_536) -> Iterator[tuple[pa.Table | None, list[Batch]]]:

@@ -87,8 +87,13 @@ def open_binary(inp: Input) -> BinaryIO:
     if inp.is_stdin:
         return sys.stdin.buffer
     if inp.is_gzip():
-        return cast(BinaryIO, _gzip.open(inp.path, "rb"))
+        return open_gzip(inp.path)
     return open(inp.path, "rb")
+
+
+def open_gzip(path_or_raw: str | BinaryIO) -> BinaryIO:
+    """A reader of a gzip file (its ``fileobj`` is the compressed file: how far it is read)."""
+    return cast(BinaryIO, _gzip.open(path_or_raw, "rb"))
 
 
 class InputError(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
@@ -22,7 +22,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int, what: str,
+def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int, what: str,
                 ahead: int = 2) -> Generator[R, None, None]:
     """``fn(task)`` for every task in forked workers, yielded in task order. ``what`` names the
     input in the error raised when a worker dies. ``ahead`` × ``workers`` tasks are in flight
