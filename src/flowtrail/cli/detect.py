@@ -11,6 +11,7 @@ import click
 import orjson
 import yaml
 
+from flowtrail.cli.progress import input_progress
 from flowtrail.detect.alerts import Alert
 from flowtrail.detect.baseline import RATE_ENTITY, Baseline, BaselineError
 from flowtrail.detect.engine import Engine
@@ -97,19 +98,9 @@ def run_engine(engine: Engine, inputs: tuple[str, ...], workers: int | None, str
     if ins:
         engine.start_at(first_time_ns(ins[0]))
     needles = None if learn is not None else engine.prefilter()
-    total = sum(i.size() for i in ins if not i.is_stdin)
-    bar = None
-    if sys.stderr.isatty() and total > 64 << 20:
-        from rich.console import Console
-        from rich.progress import Progress
-        # on stderr, which is the terminal checked: stdout is the report (or a file)
-        bar = Progress(console=Console(stderr=True), transient=True)
-        task = bar.add_task("detecting", total=total)
-        bar.start()
     lines = bad = 0
-    try:
-        stream = batches(ins, decoder, needles, workers,
-                         progress=(lambda n: bar.advance(task, n)) if bar is not None else None)
+    with input_progress(ins, "detecting") as progress:
+        stream = batches(ins, decoder, needles, workers, progress=progress)
         for table, group in gathered(stream, ENGINE_BATCH_ROWS if needles is None else PREFILTERED_BATCH_ROWS):
             # errors are reported before the rows they arrived with are judged
             for b in group:
@@ -127,9 +118,6 @@ def run_engine(engine: Engine, inputs: tuple[str, ...], workers: int | None, str
                 learn.learn(build(flows, engine.enrichment))
             else:
                 engine.process(table)
-    finally:
-        if bar is not None:
-            bar.stop()
     if bad:
         click.echo(f"warning: skipped {bad} bad line(s) of {lines}", err=True)
     return lines, bad

@@ -12,6 +12,7 @@ import click
 import orjson
 import pyarrow as pa
 
+from flowtrail.cli.progress import input_progress
 from flowtrail.detect.features import workload_from_pod
 from flowtrail.policy.endpoints import Inventory, InventoryError, load_inventory
 from flowtrail.policy.evaluate import CNI, Evaluator, Verdict
@@ -186,20 +187,10 @@ def _read_tables(inputs: tuple[str, ...], workers: int | None, on_table: Callabl
         raise click.ClickException(str(exc)) from None
     bad = 0
     # a day of flows is an hour of replay: a bar on a terminal, as `detect` shows
-    total = sum(i.size() for i in ins if not i.is_stdin)
-    bar = None
-    if sys.stderr.isatty() and total > 64 << 20:
-        from rich.console import Console
-        from rich.progress import Progress
-        # on stderr, which is the terminal checked: stdout is the report (or a file)
-        bar = Progress(console=Console(stderr=True), transient=True)
-        task = bar.add_task("replaying", total=total)
-        bar.start()
-    try:
+    with input_progress(ins, "replaying") as progress:
         # the replay decoder skips replies: ~6k narrow rows per 16 MB, so tasks join blocks (1M
         # benchmark flows: median 9.1 → 8.2 s, peak RSS 307 → 372 MB)
-        stream = batches(ins, decoder or Decoder(REPLAY_PATHS), None, workers,
-                         progress=(lambda n: bar.advance(task, n)) if bar is not None else None,
+        stream = batches(ins, decoder or Decoder(REPLAY_PATHS), None, workers, progress=progress,
                          join=isinstance(decoder, ReplayDecoder))
         for table, group in gathered(stream, BATCH_ROWS):
             for b in group:
@@ -209,9 +200,6 @@ def _read_tables(inputs: tuple[str, ...], workers: int | None, on_table: Callabl
                         click.echo(f"warning: {err}", err=True)
             if table is not None:
                 on_table(table)
-    finally:
-        if bar is not None:
-            bar.stop()
     if bad:
         click.echo(f"warning: skipped {bad} bad line(s)", err=True)
     return bad

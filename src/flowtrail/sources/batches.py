@@ -217,13 +217,7 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
                     results = ordered_map(_work, tasks, nproc, inp.name, ahead=4 if joined else 2)
                     try:
                         for (start, end), b in zip(ranges, results, strict=True):
-                            b.open_table()
-                            b.table = _shift_lines(b.table, line - 1 + (ordinal << INPUT_SHIFT))
-                            for err in b.errors:
-                                err.line += line - 1
-                                err.source = inp.name
-                            b.first_line, b.source = line, inp.name
-                            line += b.lines
+                            line = _settle(b, inp, ordinal, line)
                             if progress is not None:
                                 progress(end - start)
                             yield b
@@ -256,6 +250,18 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
     finally:
         if gc_was:
             gc.enable()
+
+
+def _settle(b: Batch, inp: Input, ordinal: int, line: int) -> int:
+    """A worker's batch (decoded from line 1 of its range) placed at ``line`` of input number
+    ``ordinal``: its table opened, its line numbers and errors made absolute. The next line."""
+    b.open_table()
+    b.table = _shift_lines(b.table, line - 1 + (ordinal << INPUT_SHIFT))
+    for err in b.errors:
+        err.line += line - 1
+        err.source = inp.name
+    b.first_line, b.source = line, inp.name
+    return line + b.lines
 
 
 def _input_error(job: _Job, inp: Input, line: int, exc: InputError) -> Batch:
@@ -328,13 +334,7 @@ def _inflated_in_parallel(job: _Job, inp: Input, ordinal: int, nproc: int,
                 path, consumed = order.popleft()
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # decoded: its worker is done with it
-                b.open_table()
-                b.table = _shift_lines(b.table, line - 1 + (ordinal << INPUT_SHIFT))
-                for err in b.errors:
-                    err.line += line - 1
-                    err.source = inp.name
-                b.first_line, b.source = line, inp.name
-                line += b.lines
+                line = _settle(b, inp, ordinal, line)
                 if progress is not None:
                     progress(consumed)
                 yield b
