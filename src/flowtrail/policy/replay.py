@@ -51,6 +51,10 @@ class ReplayDecoder(Decoder):
     with it is a reply; a reply written any other way (``isReply``, spaces) is simply decoded and
     then skipped as before. Replies carrying DNS answers are kept when toFQDNs rules need them.
     Lines that are not plain JSON objects are still decoded, so bad lines are reported as before.
+
+    Of the other lines, those equal but for what the replay never reads (sources.lineclass) are
+    decoded once: the table has a row per class, with its weight, first and last time and first
+    uuids (the lineclass columns), and a row of weight 1 for every line in no class.
     """
 
     def __init__(self, keep_dns_answers: bool, classes: bool = True) -> None:
