@@ -91,9 +91,9 @@ def open_binary(inp: Input) -> BinaryIO:
     return open(inp.path, "rb")
 
 
-def open_gzip(path_or_raw: str | BinaryIO) -> BinaryIO:
+def open_gzip(path: str) -> BinaryIO:
     """A reader of a gzip file (its ``fileobj`` is the compressed file: how far it is read)."""
-    return cast(BinaryIO, _gzip.open(path_or_raw, "rb"))
+    return cast(BinaryIO, _gzip.open(path, "rb"))
 
 
 class InputError(Exception):
