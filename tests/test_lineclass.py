@@ -175,3 +175,40 @@ def test_dns_answers_start_new_classes_for_their_addresses() -> None:
     # an escaped key could hide an answer: nothing after it is classed
     escaped = answer.replace(b'"ips"', b'"\\u0069ps"')
     assert classify([to_x, escaped, to_x, to_x], fqdn=True).cls.tolist() == [0, -1, -1, -1]
+
+
+@pytest.mark.parametrize("fqdn", [False, True])
+def test_mutated_lines_never_hide_in_a_valid_class(fqdn: bool) -> None:
+    """Random byte edits of the bundled samples (and exact copies beside them): wherever a class's
+    first line is valid JSON, so is every line put in its class, so no bad line goes unreported."""
+    samples = SAMPLES.read_bytes().splitlines()
+    rng = random.Random(7 + fqdn)
+
+    def valid(text: bytes) -> bool:
+        try:
+            orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return False
+        return True
+    classed = 0
+    for _ in range(400):
+        picked = [bytearray(rng.choice(samples)) for _ in range(8)]
+        picked += [bytearray(x) for x in picked[:4]]
+        for ln in picked:
+            for _ in range(rng.randrange(3)):
+                at = rng.randrange(len(ln) + 1)
+                edit = rng.randrange(3)
+                if edit == 0 and ln:
+                    del ln[min(at, len(ln) - 1)]
+                elif edit == 1:
+                    ln[at:at] = bytes([rng.choice(b'{}[]",:\\0123456789tfnu \x01\xc3')])
+                elif ln:
+                    ln[min(at, len(ln) - 1)] = rng.randrange(1, 256)
+        lines = [bytes(ln).replace(b"\n", b" ") for ln in picked]
+        lc = classify(lines, fqdn)
+        for i, c in enumerate(lc.cls.tolist()):
+            if c >= 0:
+                classed += 1
+                if valid(lines[int(lc.rep[c])]):
+                    assert valid(lines[i]), (lines[int(lc.rep[c])], lines[i])
+    assert classed > 1000
