@@ -145,10 +145,10 @@ def _work(args: tuple[str, int, int]) -> Batch:
     assert _JOB is not None
     path, start, end = args
     if not canonscan.AVAILABLE:  # the Arrow fallback's checks search bytes objects
-        return _spooled(_decode(_JOB, read_range(path, start, end), path, 1), start)
+        return _spooled(_decode(_JOB, read_range(path, start, end), path, 1))
     mapped = MappedRange(path, start, end)  # not copied: see MappedRange
     try:
-        return _spooled(_decode(_JOB, mapped.view, path, 1), start)  # type: ignore[arg-type]  # read as bytes
+        return _spooled(_decode(_JOB, mapped.view, path, 1))  # type: ignore[arg-type]  # read as bytes
     finally:
         mapped.close()
 
@@ -156,12 +156,11 @@ def _work(args: tuple[str, int, int]) -> Batch:
 _TABLES = itertools.count()
 
 
-def _spooled(b: Batch, start: int) -> Batch:
+def _spooled(b: Batch) -> Batch:
     """The batch with a large table moved to a file in the spool directory, if there is one."""
     if _SPOOL is None or b.table is None or b.table.nbytes < SPOOL_MIN_BYTES:
         return b
-    # unique across workers and inputs (inflated blocks of a .gz all start at 0)
-    path = os.path.join(_SPOOL, f"table-{os.getpid()}-{next(_TABLES)}-{start}.arrow")
+    path = os.path.join(_SPOOL, f"table-{os.getpid()}-{next(_TABLES)}.arrow")  # unique across workers
     try:
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, b.table.schema) as writer:
             writer.write_table(b.table)
@@ -198,18 +197,17 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
     nproc = workers if workers is not None else (os.cpu_count() or 1)
     gc_was = gc.isenabled()
     gc.disable()  # millions of short-lived objects; the cyclic collector only costs time here
+    # A prefiltered task returns a few hundred rows per 16 MB, so its fixed costs (sending an Arrow
+    # table, concatenating it in the reader) dominate: join ranges, and keep more tasks ahead so
+    # that workers go on scanning while the reader judges a batch. Unfiltered results are whole
+    # tables: kept small (1M benchmark, every line decoded: no faster joined, +15 % CPU, +60 MB).
+    joined = join if join is not None else prefilter is not None
     try:
         for ordinal, inp in enumerate(inputs):
             if nproc > 1 and not inp.is_stdin and not inp.is_gzip() and inp.size() >= PARALLEL_MIN_BYTES:
                 _JOB = job
                 ranges = split_ranges(inp.path)
-                joined = join if join is not None else prefilter is not None
                 if joined:
-                    # A prefiltered task returns a few hundred rows per 16 MB, so its fixed costs
-                    # (sending an Arrow table, concatenating it in the reader) dominate: join
-                    # ranges, and keep more tasks ahead so that workers go on scanning while
-                    # the reader judges a batch. Unfiltered results are whole tables: kept small
-                    # (1M benchmark, every line decoded: no faster joined, +15 % CPU, +60 MB).
                     ranges = grouped_ranges(ranges, nproc)
                 line = 1
                 tasks = [(inp.path, s, e) for s, e in ranges]
@@ -227,7 +225,6 @@ def batches(inputs: Sequence[Input], decoder: Decoder,
                 _JOB = _SPOOL = None
                 continue
             if nproc > 1 and inp.is_gzip():
-                joined = join if join is not None else prefilter is not None
                 yield from _inflated_in_parallel(job, inp, ordinal, nproc, progress, joined)
                 continue
             with open_binary(inp) as fh:
@@ -285,9 +282,10 @@ def _inflate(inp: Input, spool: str, block_size: int, out: Any) -> None:
                 path = os.path.join(spool, f"inflated-{k}")
                 with open(path, "wb") as f:
                     f.write(data)
+                size = len(data)
                 del data
                 pos = raw.tell()
-                out.put(("block", path, os.path.getsize(path), pos - done))
+                out.put(("block", path, size, pos - done))
                 done = pos
     except InputError as exc:
         out.put(("cut", exc.line, exc.message))

@@ -116,7 +116,7 @@ def iter_blocks(fh: BinaryIO, block_size: int = BLOCK_SIZE, source: str = "<inpu
     pieces (zlib-ng inflates all of a read or none of it), so that when it turns out cut short
     or corrupt the data before the damage is still yielded (its last line, cut short, is decoded
     and reported like any bad line); then InputError names the input and the line."""
-    gz = isinstance(fh, gzip.GzipFile) or type(fh).__module__.startswith("zlib_ng")
+    gz = isinstance(fh, gzip.GzipFile)  # zlib-ng's reader is one too
     piece = GZIP_PIECE if gz else block_size
     line = 1
     rest = b""
@@ -154,7 +154,6 @@ def iter_blocks(fh: BinaryIO, block_size: int = BLOCK_SIZE, source: str = "<inpu
         what = "gzip data" if gz else "the input"
         raise InputError(source, line - 1, f"{what} cut short or corrupt after this line ({cause}); "
                          "the lines before it were read")
-
 
 
 MAX_GROUP = 4  # ranges in one worker task at most
