@@ -299,3 +299,59 @@ def test_gather_refuses_spans_outside_the_buffer() -> None:
         pytest.skip("C scanner not built")
     with pytest.raises(ValueError):
         canonscan.gather_lines(b"abc\n", np.array([0], np.int64), np.array([9], np.int64))
+
+
+def _respelled(obj: Any, rnd: Any) -> bytes:
+    """``obj`` as compact JSON with one run of spaces between two of its tokens."""
+    toks: list[str] = []
+
+    def emit(x: Any) -> None:
+        if isinstance(x, dict):
+            toks.append("{")
+            for i, (k, v) in enumerate(x.items()):
+                toks.extend([","] if i else [])
+                toks.extend([orjson.dumps(k).decode(), ":"])
+                emit(v)
+            toks.append("}")
+        elif isinstance(x, list):
+            toks.append("[")
+            for i, v in enumerate(x):
+                toks.extend([","] if i else [])
+                emit(v)
+            toks.append("]")
+        else:
+            toks.append(orjson.dumps(x).decode())
+    emit(obj)
+    k = rnd.randrange(1, len(toks))
+    return ("".join(toks[:k]) + " " * rnd.randint(1, 3) + "".join(toks[k:])).encode()
+
+
+def test_lines_spelled_with_spaces_are_not_plain() -> None:
+    """A space between two tokens (`"a": 1`, `[1, 2]`, `{ "a"`) makes a line not plain in the C
+    and the numpy index alike, so prefilters written for the compact spelling never skip it;
+    compact lines, whose spaces are all inside strings, stay plain (and the fallback's pattern
+    agrees with both)."""
+    import random
+    import re
+
+    from flowtrail.sources.batches import SPACED
+    from flowtrail.sources.decode import LineIndex
+
+    rnd = random.Random(5)
+    compact = [ln for p in sorted(SAMPLES_DIR.glob("*.jsonl")) for ln in p.read_bytes().splitlines()
+               if ln.startswith(b"{")]
+    spaced = [_respelled(orjson.loads(ln), rnd) for ln in compact for _ in range(6)]
+    assert all(orjson.loads(s) == orjson.loads(c) for s, c in zip(spaced, (c for c in compact for _ in range(6)),
+                                                                   strict=True))
+    data = b"\n".join(compact + spaced) + b"\n"
+    before = canonscan.AVAILABLE
+    try:
+        for available in (True, False):
+            canonscan.AVAILABLE = available
+            plain = LineIndex(data, 1 << 20).plain
+            assert plain[:len(compact)].all()
+            assert not plain[len(compact):].any()
+    finally:
+        canonscan.AVAILABLE = before
+    rx = re.compile(SPACED.encode())
+    assert not any(rx.search(c) for c in compact) and all(rx.search(s) for s in spaced)

@@ -465,3 +465,21 @@ def test_baseline_rate_rule_validation() -> None:
     # without --baseline the rate rules stay off, like the other anomaly rules
     from flowtrail.detect.engine import Engine
     assert not Engine(parse_rules(ok, "x.yaml")).rules
+
+
+def test_json_spelled_with_spaces_raises_the_same_alerts(attack_run: tuple[Path, list[dict]],
+                                                         tmp_path: Path) -> None:
+    """Rule prefilters are written for Hubble's compact spelling; a capture re-spelled with
+    spaces (as Go's protojson and most JSON writers may print it) is decoded line by line where
+    it has to be, and raises exactly the same alerts."""
+    out, _ = attack_run
+    lines = out.read_bytes().splitlines()
+    spaced = tmp_path / "spaced.jsonl"
+    # every other line re-spelled: `{"a": 1, "b": [1, 2]}`
+    spaced.write_bytes(b"".join((json.dumps(json.loads(ln)).encode() if i % 2 else ln) + b"\n"
+                                for i, ln in enumerate(lines)))
+    a = flowtrail("detect", str(out), "-o", "json")
+    b = flowtrail("detect", str(spaced), "-o", "json")
+    assert a.returncode == b.returncode == 0
+    assert len(a.stdout.splitlines()) > 5
+    assert b.stdout == a.stdout

@@ -263,6 +263,38 @@ class Decoded:
         return self.rows.to_list()
 
 
+_VALUE_END = np.zeros(256, bool)
+_VALUE_END[np.frombuffer(b'0123456789el"', np.uint8)] = True
+_AFTER_COMMA = np.zeros(256, bool)
+_AFTER_COMMA[np.frombuffer(b'"{[0123456789-tfn', np.uint8)] = True
+_BEFORE_SEP = np.zeros(256, bool)
+_BEFORE_SEP[np.frombuffer(b":,}]", np.uint8)] = True
+
+
+def _token_spaces(buf: np.ndarray, starts: np.ndarray, plain: np.ndarray) -> None:
+    """Plain lines with a space between two JSON tokens are not plain: the rule of the C index
+    (_lineindex.h token_space), by the bytes around each run of spaces."""
+    sp = np.flatnonzero(buf == 32)
+    if not sp.size:
+        return
+    n = len(buf)
+    first = sp[(sp == 0) | (buf[np.maximum(sp - 1, 0)] != 32)]
+    last = sp[(sp == n - 1) | (buf[np.minimum(sp + 1, n - 1)] != 32)]
+    line = np.searchsorted(starts, first, side="right") - 1
+    inside = (line >= 0) & plain[np.maximum(line, 0)] & (first > 0) & (last + 1 < n)
+    if not inside.any():
+        return
+    p, q, line = first[inside], last[inside] + 1, line[inside]
+    left, right, left2 = buf[p - 1], buf[q], buf[np.maximum(p - 2, 0)]
+    value_end = _VALUE_END[left] | (left == ord("}")) | (left == ord("]"))
+    token = ((left == ord("{")) | (left == ord("["))
+             | ((left == ord(":")) & (left2 == ord('"')))
+             | ((left == ord(",")) & (_VALUE_END[left2] | (left2 == ord("}")) | (left2 == ord("]")))
+                & _AFTER_COMMA[right])
+             | (value_end & _BEFORE_SEP[right]))
+    plain[line[token]] = False
+
+
 class LineIndex:
     """Where the lines of a block are and what they look like, computed with numpy."""
 
@@ -312,6 +344,7 @@ class LineIndex:
             plain = np.zeros(0, bool)
         if odd.size:
             plain[np.searchsorted(ends, odd)] = False
+        _token_spaces(buf, starts, plain)
         self.plain = plain
         # lines that start like a canonical flow response
         pre = len(FLOW_PREFIX)
