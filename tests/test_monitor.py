@@ -4,7 +4,9 @@ the alerts are those `flowtrail detect` finds in the same file."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -412,3 +414,56 @@ detect: {{enabled: false}}
     assert len(got) == want > 0
     assert all(set(g["flow"]) <= {"time", "source", "destination", "verdict"} and g["flow"]["verdict"] == "DROPPED"
                for g in got)
+
+
+def _monitor_outputs(data: bytes, source: str, workers: int, tmp: Path) -> tuple[list[dict[str, Any]], str]:
+    """Alerts (in order) and Hubble metrics (OpenMetrics text, with exemplars) of the default
+    monitor fed `data` in fixed batches of 4,000 lines, decoding in `workers` processes."""
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    from flowtrail.cli.run import build_monitor
+    cfg = load(None)
+    cfg["sources"] = [{"type": "file", "path": source}]
+    cfg["alerts"] = [{"type": "file", "path": str(tmp / f"alerts-{workers}.jsonl")}]
+    cfg["detect"]["node_silence"] = "20s"
+    cfg["pipeline"]["decode_workers"] = workers
+    monitor, _ = build_monitor(cfg, replay=True)
+    try:
+        assert (monitor.pool is not None and monitor.pool.reducing) == (workers > 0)
+        lines = data.splitlines(keepends=True)
+        alerts: list[dict[str, Any]] = []
+        for start in range(0, len(lines), 4000):
+            part = lines[start:start + 4000]
+            # several chunks per batch, as a followed file hands them over
+            chunks = [Chunk(b"".join(part[i:i + 700]), source, start + i + 1, time.monotonic_ns(), None,
+                            len(part[i:i + 700])) for i in range(0, len(part), 700)]
+            alerts += monitor.process(chunks)
+        text = generate_latest(monitor.hubble_metrics.registry).decode()
+        assert monitor.stats.decode_errors == 1 and monitor.stats.lost_events == 17
+    finally:
+        monitor.shutdown(True)
+    # an exemplar carries the wall-clock time it was recorded at: the one thing that may differ
+    return alerts, "\n".join(re.sub(r"(# \{[^}]*\} \S+) \S+$", r"\1", x) for x in text.splitlines()
+                             if x.startswith("hubble_"))
+
+
+def test_worker_processes_reduce_blocks_to_the_same_alerts_and_metrics(capture: Path, tmp_path: Path) -> None:
+    """With decode workers the monitor keeps only the rows the rules' prefilter selects and the
+    workers' metric increments: the alerts (every field, in order) and the Hubble metrics
+    (exemplars included) equal those of decoding every row in the monitor itself."""
+    lines = capture.read_bytes().splitlines(keepends=True)
+    # a bad line, a lost-events record, and a stretch spelled as protojson may spell it (spaces
+    # after colons and commas: decoded by the exact path, and no prefilter pattern matches them)
+    lost = (b'{"lost_events":{"source":"HUBBLE_RING_BUFFER","num_events_lost":"17","cpu":null},'
+            b'"node_name":"kind-worker","time":"2026-11-29T13:01:00Z"}\n')
+    spaced = [json.dumps(orjson.loads(ln)).encode() + b"\n" for ln in lines[9000:30000]]
+    assert sum(b'"SYN": true' in ln for ln in spaced) > 100
+    data = b"".join([*lines[:9000], b'{"flow":{"verdict":"FORWARDED"\n', lost, *spaced, *lines[30000:]])
+    src = tmp_path / "cap.jsonl"
+    src.write_bytes(data)
+    alerts, metrics = _monitor_outputs(data, str(src), 0, tmp_path)
+    assert {a["category"] for a in alerts} >= {"scan", "dns-c2", "kube-api", "flow-gap"}
+    assert "hubble_http_request_duration_seconds_bucket" in metrics and "# {trace" in metrics
+    got_alerts, got_metrics = _monitor_outputs(data, str(src), 2, tmp_path)
+    assert got_alerts == alerts
+    assert got_metrics == metrics

@@ -177,12 +177,15 @@ class Engine:
                 cr.agg.start = t0_ns
 
     # ------------------------------------------------------------------ per batch
-    def process(self, table: pa.Table) -> None:
-        """Feed one decoded batch (the decoder's envelope table), in flow-time order."""
+    def process(self, table: pa.Table, clock: tuple[pa.Array, pa.Array] | None = None) -> None:
+        """Feed one decoded batch (the decoder's envelope table), in flow-time order.
+
+        ``clock``: (flow times in ns, node names) of every flow of the batch, when ``table``
+        holds only the lines :meth:`prefilter` selected (the monitor's decode workers send no
+        more): the engine's time, warm-ups and node silences then follow every flow, as they
+        do when ``table`` holds them all."""
         self.stats.batches += 1
-        if table.num_rows == 0:
-            return
-        if "lost_events" in table.column_names:
+        if table.num_rows and "lost_events" in table.column_names:
             lost = table.column("lost_events")
             n_lost = len(lost) - lost.null_count
             if n_lost:
@@ -190,22 +193,18 @@ class Engine:
             flow = table.column("flow")
             if flow.null_count:
                 table = table.filter(pc.is_valid(flow))
+        if clock is not None:
+            self.stats.flows += len(clock[0])
+            self._clock(clock[0], clock[1])
         if table.num_rows == 0:
             return
         batch = Batch(table, self.enrichment)
         if self.policy is not None:
             self._policy_features(table, batch)
         fr = batch.all
-        self.stats.flows += fr.num_rows
-        time = fr["time"]
-        if self.t0 is None:
-            # warm-ups count from the first flow of the input, not from a rule's first match
-            self.start_at(pc.min(time).as_py())
-        newest = pc.max(time).as_py()
-        if newest is not None and (self.t_max is None or newest > self.t_max):
-            self.t_max = newest
-        if self.node_silence_ns and "node_name" in table.column_names:
-            self._node_silence(table.column("node_name"), time)
+        if clock is None:
+            self.stats.flows += fr.num_rows
+            self._clock(fr["time"], table.column("node_name") if "node_name" in table.column_names else None)
         selected: list[tuple[CompiledRule, np.ndarray]] = []
         for cr in self.rules:
             m = cr.where(fr, self.baseline)
@@ -227,6 +226,18 @@ class Engine:
             order = pc.take(idx, pc.sort_indices(pc.take(picked["time"], idx)))
             self.stats.rule_rows[cr.rule.id] += len(order)
             self._aggregate(cr, picked, np.asarray(order.to_numpy(zero_copy_only=False), dtype=np.int64))
+
+    def _clock(self, time: pa.Array, nodes: pa.Array | pa.ChunkedArray | None) -> None:
+        if not len(time):
+            return
+        if self.t0 is None:
+            # warm-ups count from the first flow of the input, not from a rule's first match
+            self.start_at(pc.min(time).as_py())
+        newest = pc.max(time).as_py()
+        if newest is not None and (self.t_max is None or newest > self.t_max):
+            self.t_max = newest
+        if self.node_silence_ns and nodes is not None:
+            self._node_silence(nodes, time)
 
     def _policy_features(self, table: pa.Table, batch: Batch) -> None:
         from flowtrail.policy.replay import classify_audit

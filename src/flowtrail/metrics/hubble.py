@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -249,18 +249,44 @@ class Handler:
                 raise ValueError(f"metric {spec.text!r}: unknown option {key!r} for {self.name} "
                                  f"(options: {', '.join(known)})")
         self.registry = registry
+        self.counters: dict[str, Counter] = {}
+        self.histograms: dict[str, BatchHistogram] = {}
         self.paths: set[str] = {"verdict"} | self.ctx.paths
 
-    def counter(self, name: str, doc: str, labels: Sequence[str]) -> Counter:
-        return Counter(name, doc, list(labels), namespace=NAMESPACE, registry=self.registry)
+    def counter(self, name: str, doc: str, labels: Sequence[str]) -> str:
+        """Register the counter; handlers name it in their Increments by its full name."""
+        c = Counter(name, doc, list(labels), namespace=NAMESPACE, registry=self.registry)
+        full = f"{NAMESPACE}_{name}"
+        self.counters[full] = c
+        return full
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def histogram(self, name: str, doc: str, labels: Sequence[str]) -> str:
+        full = f"{NAMESPACE}_{name}"
+        self.histograms[full] = BatchHistogram(full, doc, labels, registry=self.registry)
+        return full
+
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         raise NotImplementedError
 
 
-def _inc(counter: Counter, groups: Iterable[tuple[tuple[str, ...], float]]) -> None:
-    for labels, n in groups:
-        counter.labels(*labels).inc(n)
+@dataclass
+class Increments:
+    """What one batch of flows adds to the metrics, computed without touching the registry
+    (HubbleMetrics.compute) and applied to it later (HubbleMetrics.apply): a worker process
+    computes, the monitor applies, batch after batch in input order, so the exposition equals
+    that of counting every batch in one process.
+
+    ``counts``: (counter, [(labels, n, trace ID or None)]); ``histograms``: (histogram, labels,
+    counts per bucket (series x buckets), sums, {series: (bucket, trace ID, value)})."""
+
+    counts: list[tuple[str, list[tuple[tuple[str, ...], float, str | None]]]] = field(default_factory=list)
+    histograms: list[tuple[str, list[tuple[str, ...]], np.ndarray, np.ndarray,
+                           dict[int, tuple[int, str, float]]]] = field(default_factory=list)
+
+    def count(self, counter: str, groups: Iterable[tuple[tuple[str, ...], float]]) -> None:
+        got: list[tuple[tuple[str, ...], float, str | None]] = [(labels, n, None) for labels, n in groups]
+        if got:
+            self.counts.append((counter, got))
 
 
 class FlowHandler(Handler):
@@ -272,7 +298,7 @@ class FlowHandler(Handler):
         self.flows = self.counter("flows_processed_total", "Total number of flows processed",
                                   ["protocol", "type", "subtype", "verdict", *self.ctx.label_names])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         etype = view.integer("event_type.type")
         # type: 0 Unknown, 1 L7, 2 Drop, 3 Capture, 4 Trace, 5 PolicyVerdict
         type_code = np.zeros(view.n, np.int64)
@@ -289,7 +315,7 @@ class FlowHandler(Handler):
         subtype = choose(type_code == 4, trace_sub,
                          choose(type_code == 1, l7_sub, choose(type_code == 0, unknown_sub, const("", view.n))))
         cols = [flow_protocol(view), type_names, subtype, verdict(view), *self.ctx.values(view)]
-        _inc(self.flows, group_counts(cols, valid))
+        out.count(self.flows, group_counts(cols, valid))
 
 
 class DropHandler(Handler):
@@ -300,13 +326,13 @@ class DropHandler(Handler):
         self.paths |= PROTOCOL_PATHS | {"drop_reason_desc"}
         self.drops = self.counter("drop_total", "Number of drops", [*self.ctx.label_names, "reason", "protocol"])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         rows = valid & is_verdict(view, "DROPPED")
         if not rows.any():
             return
         view, rows = view.select(rows)
         cols = [*self.ctx.values(view), view.text("drop_reason_desc", "DROP_REASON_UNKNOWN"), flow_protocol(view)]
-        _inc(self.drops, group_counts(cols, rows))
+        out.count(self.drops, group_counts(cols, rows))
 
 
 class DnsHandler(Handler):
@@ -329,7 +355,7 @@ class DnsHandler(Handler):
         self.response_types = self.counter("dns_response_types_total", "Number of DNS queries observed",
                                            [*ctx, "type", "qtypes", *q])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         rows = valid & view.present("l7.dns")
         if not rows.any():
             return
@@ -347,8 +373,8 @@ class DnsHandler(Handler):
         rcode_names = lookup(view.integer("l7.dns.rcode"), RCODE_NAMES, unknown="")
         rcode = choose(dropped, const("Policy denied", view.n),
                        choose(reply, rcode_names, const("", view.n)))
-        _inc(self.queries, group_counts([*ctx, rcode, qtypes, ips, *q], query_rows))
-        _inc(self.responses, group_counts([*ctx, rcode, qtypes, ips, *q], response_rows))
+        out.count(self.queries, group_counts([*ctx, rcode, qtypes, ips, *q], query_rows))
+        out.count(self.responses, group_counts([*ctx, rcode, qtypes, ips, *q], response_rows))
         if response_rows.any():
             # one count per answer record type of each response
             flat, parents = view.flat("l7.dns.rrtypes")
@@ -357,7 +383,7 @@ class DnsHandler(Handler):
                 take = pa.array(parents[keep])
                 cols = [c.take(take) for c in [*ctx]] + [pc.fill_null(flat.filter(pa.array(keep)), ""),
                                                          qtypes.take(take), *[c.take(take) for c in q]]
-                _inc(self.response_types, group_counts(cols, np.ones(int(keep.sum()), bool)))
+                out.count(self.response_types, group_counts(cols, np.ones(int(keep.sum()), bool)))
 
 
 class TcpHandler(Handler):
@@ -369,7 +395,7 @@ class TcpHandler(Handler):
         self.flags_total = self.counter("tcp_flags_total", "TCP flag occurrences",
                                         ["flag", "family", *self.ctx.label_names])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         # an IP message without ipVersion reads IP_NOT_USED; the agent still counts it
         rows = valid & is_verdict(view, "FORWARDED", "REDIRECTED") & view.present("l4.TCP.flags") & view.present("IP")
         if not rows.any():
@@ -380,7 +406,7 @@ class TcpHandler(Handler):
         syn, ack = view.flag("l4.TCP.flags.SYN"), view.flag("l4.TCP.flags.ACK")
         for flag, hit in (("FIN", view.flag("l4.TCP.flags.FIN")), ("SYN-ACK", syn & ack), ("SYN", syn & ~ack),
                           ("RST", view.flag("l4.TCP.flags.RST"))):
-            _inc(self.flags_total, group_counts([const(flag, view.n), family, *ctx], rows & hit))
+            out.count(self.flags_total, group_counts([const(flag, view.n), family, *ctx], rows & hit))
 
 
 class IcmpHandler(Handler):
@@ -391,7 +417,7 @@ class IcmpHandler(Handler):
         self.paths |= {"l4.ICMPv4", "l4.ICMPv6"}
         self.icmp = self.counter("icmp_total", "Number of ICMP messages", ["family", "type", *self.ctx.label_names])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         v4, v6 = valid & view.present("l4.ICMPv4"), valid & view.present("l4.ICMPv6")
         if not (v4.any() or v6.any()):
             return
@@ -405,7 +431,7 @@ class IcmpHandler(Handler):
             pair = (view.integer(f"l4.{member}.type") & 0xFF) * 256 + (view.integer(f"l4.{member}.code") & 0xFF)
             uniq = np.unique(pair[rows])
             names = {int(p): icmp_type_name(family, int(p) >> 8, int(p) & 0xFF) for p in uniq.tolist()}
-            _inc(self.icmp, group_counts([const(name, view.n), lookup(pair, names, unknown=""), *ctx], rows))
+            out.count(self.icmp, group_counts([const(name, view.n), lookup(pair, names, unknown=""), *ctx], rows))
 
 
 class PortDistributionHandler(Handler):
@@ -417,7 +443,7 @@ class PortDistributionHandler(Handler):
         self.ports = self.counter("port_distribution_total", "Numbers of packets distributed by destination port",
                                   ["protocol", "port", *self.ctx.label_names])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         member = l4_member(view)
         # replies, and flows not known to be requests, would count ephemeral ports
         known_request = view.present("is_reply") & ~view.flag("is_reply")
@@ -434,7 +460,7 @@ class PortDistributionHandler(Handler):
                     port[sel] = view.integer(f"l4.{m}.destination_port")[sel]
         cols = [lookup(member, dict(enumerate(_L4_MEMBERS))), pc.cast(pa.array(port), pa.string()),
                 *self.ctx.values(view)]
-        _inc(self.ports, group_counts(cols, rows))
+        out.count(self.ports, group_counts(cols, rows))
 
 
 class PolicyHandler(Handler):
@@ -447,7 +473,7 @@ class PolicyHandler(Handler):
         self.verdicts = self.counter("policy_verdicts_total", "Total number of Cilium network policy verdicts",
                                      ["direction", "match", "action", *self.ctx.label_names])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         etype = view.integer("event_type.type")
         # the host may connect to any local endpoint: its verdicts say nothing
         l34 = valid & (etype == EVENT_POLICY_VERDICT) & (view.integer("source.identity") != 1)
@@ -462,7 +488,7 @@ class PolicyHandler(Handler):
         l7_match = lookup(l7_kind(view), {0: "l7/", 1: "l7/dns", 2: "l7/http", 3: "l7/kafka"})
         match = choose(l7, l7_match, l34_match)
         action = pc.utf8_lower(verdict(view))
-        _inc(self.verdicts, group_counts([direction, match, action, *self.ctx.values(view)], rows))
+        out.count(self.verdicts, group_counts([direction, match, action, *self.ctx.values(view)], rows))
 
 
 class FlowsToWorldHandler(Handler):
@@ -480,7 +506,7 @@ class FlowsToWorldHandler(Handler):
         labels = ["protocol", "verdict", *(["port"] if self.port else []), *self.ctx.label_names]
         self.flows = self.counter("flows_to_world_total", "Total number of flows to reserved:world", labels)
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         member = l4_member(view)
         rows = valid & view.contains("destination.labels", self.WORLD) & view.present("event_type") & (member >= 0)
         if not rows.any():
@@ -506,7 +532,7 @@ class FlowsToWorldHandler(Handler):
             text = pc.cast(pa.array(port), pa.string())
             cols.append(pc.if_else(pa.array(port < 0), "", text))
         cols += self.ctx.values(view)
-        _inc(self.flows, group_counts(cols, rows))
+        out.count(self.flows, group_counts(cols, rows))
 
 
 class BatchHistogram(Collector):
@@ -526,11 +552,14 @@ class BatchHistogram(Collector):
         if registry is not None:
             registry.register(self)
 
-    def observe_groups(self, labels: list[tuple[str, ...]], group: np.ndarray, values: np.ndarray,
-                       exemplars: Sequence[str | None] | None = None) -> None:
-        """Observe ``values[i]`` for series ``labels[group[i]]``; ``exemplars[i]`` a trace ID."""
-        nb = len(self.bounds) + 1
-        bucket = np.searchsorted(self.bounds, values, side="left")
+    @staticmethod
+    def summarize(bounds: np.ndarray, labels: list[tuple[str, ...]], group: np.ndarray, values: np.ndarray,
+                  exemplars: Sequence[str | None] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, str, float]]]:
+        """Observations ``values[i]`` of series ``labels[group[i]]`` (``exemplars[i]``: a trace
+        ID) as counts per series and bucket, sums per series and the last exemplar per series."""
+        nb = len(bounds) + 1
+        bucket = np.searchsorted(bounds, values, side="left")
         counts = np.bincount(group * nb + bucket, minlength=len(labels) * nb).reshape(len(labels), nb)
         sums = np.bincount(group, weights=values, minlength=len(labels))
         last: dict[int, tuple[int, str, float]] = {}
@@ -538,6 +567,12 @@ class BatchHistogram(Collector):
             for i in np.flatnonzero(np.asarray([e is not None for e in exemplars], bool)).tolist():
                 # per-exemplar Python: only flows that carry a trace ID, and only the last per series
                 last[int(group[i])] = (int(bucket[i]), str(exemplars[i]), float(values[i]))
+        return counts, sums, last
+
+    def merge(self, labels: list[tuple[str, ...]], counts: np.ndarray, sums: np.ndarray,
+              last: dict[int, tuple[int, str, float]]) -> None:
+        """Add :meth:`summarize`'s result."""
+        nb = len(self.bounds) + 1
         with self._lock:
             for g, lab in enumerate(labels):
                 series = self._series.get(lab)
@@ -589,17 +624,16 @@ class HttpHandler(Handler):
         if self.v2:
             self.requests = self.counter("http_requests_total", "Count of HTTP requests",
                                          [*ctx, "method", "protocol", "status", "reporter"])
-            self.responses: Counter | None = None
+            self.responses: str | None = None
         else:
             self.requests = self.counter("http_requests_total", "Count of HTTP requests",
                                          [*ctx, "method", "protocol", "reporter"])
             self.responses = self.counter("http_responses_total", "Count of HTTP responses",
                                           [*ctx, "method", "protocol", "status", "reporter"])
-        self.duration = BatchHistogram(f"{NAMESPACE}_http_request_duration_seconds",
-                                       "Quantiles of HTTP request duration in seconds", [*ctx, "method", "reporter"],
-                                       registry=registry)
+        self.duration = self.histogram("http_request_duration_seconds",
+                                       "Quantiles of HTTP request duration in seconds", [*ctx, "method", "reporter"])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         http = valid & view.present("l7.http")
         if not http.any():
             return
@@ -617,19 +651,21 @@ class HttpHandler(Handler):
             trace = view.text("trace_context.parent.trace_id")
             traces = pc.if_else(pc.equal(trace, ""), pa.scalar(None, pa.string()), trace)
         if self.v2:
-            self._count(self.requests, [*ctx, method, protocol, status, rep], responses, traces)
+            self._count(out, self.requests, [*ctx, method, protocol, status, rep], responses, traces)
         else:
             assert self.responses is not None
-            self._count(self.requests, [*ctx, method, protocol, rep], requests, traces)
-            self._count(self.responses, [*ctx, method, protocol, status, rep], responses, traces)
+            self._count(out, self.requests, [*ctx, method, protocol, rep], requests, traces)
+            self._count(out, self.responses, [*ctx, method, protocol, status, rep], responses, traces)
         rows = np.flatnonzero(responses)
         if rows.size:
             labels, group = group_rows([*ctx, method, rep], rows)
             seconds = view.integer("l7.latency_ns")[rows] / 1e9
             ex = traces.take(pa.array(rows)).to_pylist() if traces is not None else None
-            self.duration.observe_groups(labels, group, seconds, ex)
+            bounds = self.histograms[self.duration].bounds
+            out.histograms.append((self.duration, labels, *BatchHistogram.summarize(bounds, labels, group, seconds, ex)))
 
-    def _count(self, counter: Counter, cols: list[pa.Array], rows_mask: np.ndarray, traces: pa.Array | None) -> None:
+    def _count(self, out: Increments, counter: str, cols: list[pa.Array], rows_mask: np.ndarray,
+               traces: pa.Array | None) -> None:
         rows = np.flatnonzero(rows_mask)
         labels, group = group_rows(cols, rows)
         if not labels:
@@ -645,12 +681,8 @@ class HttpHandler(Handler):
                 series, pos = np.unique(group[rev], return_index=True)
                 for s_i, p_i in zip(series.tolist(), pos.tolist(), strict=True):
                     last_trace[int(s_i)] = sub[int(rev[p_i])].as_py()
-        for i, (lab, n) in enumerate(zip(labels, counts.tolist(), strict=True)):
-            trace = last_trace.get(i)
-            if trace:
-                counter.labels(*lab).inc(n, exemplar={"traceID": trace[:100]})
-            else:
-                counter.labels(*lab).inc(n)
+        out.counts.append((counter, [(lab, n, (last_trace.get(i) or "")[:100] or None)
+                                     for i, (lab, n) in enumerate(zip(labels, counts.tolist(), strict=True))]))
 
 
 class HttpV2Handler(HttpHandler):
@@ -675,11 +707,11 @@ class KafkaHandler(Handler):
         self.requests = self.counter("kafka_requests_total", "Count of Kafka requests",
                                      [*ctx, "topic", "api_key", "error_code", "reporter"])
         # the agent's help text says HTTP here: kept, so the exposition matches the agent's
-        self.duration = BatchHistogram(f"{NAMESPACE}_kafka_request_duration_seconds",
+        self.duration = self.histogram("kafka_request_duration_seconds",
                                        "Quantiles of HTTP request duration in seconds",
-                                       [*ctx, "topic", "api_key", "reporter"], registry=registry)
+                                       [*ctx, "topic", "api_key", "reporter"])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         rows = valid & view.present("l7.kafka") & view.equals("l7.type", "REQUEST", "UNKNOWN_L7_TYPE")
         if not rows.any():
             return
@@ -689,10 +721,12 @@ class KafkaHandler(Handler):
         # an int32 in decimal (strconv.Itoa); an older agent wrote string(rune(code)), a bug
         error_code = pc.cast(pa.array(view.integer("l7.kafka.error_code")), pa.string())
         rep = reporter(view)
-        _inc(self.requests, group_counts([*ctx, topic, api_key, error_code, rep], rows))
+        out.count(self.requests, group_counts([*ctx, topic, api_key, error_code, rep], rows))
         idx = np.flatnonzero(rows)
         labels, group = group_rows([*ctx, topic, api_key, rep], idx)
-        self.duration.observe_groups(labels, group, view.integer("l7.latency_ns")[idx] / 1e9)
+        bounds = self.histograms[self.duration].bounds
+        out.histograms.append((self.duration, labels,
+                               *BatchHistogram.summarize(bounds, labels, group, view.integer("l7.latency_ns")[idx] / 1e9)))
 
 
 SCTP_CHUNK_TYPE = "l4.SCTP.chunk_type"
@@ -714,7 +748,7 @@ class SctpHandler(Handler):
         self.chunks = self.counter("sctp_chunk_types_total", "SCTP chunk type occurrences",
                                    ["chunk_type", "family", *self.ctx.label_names])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
         chunk = view.text(SCTP_CHUNK_TYPE, "UNSUPPORTED")
         rows = (valid & is_verdict(view, "FORWARDED", "REDIRECTED") & view.present("IP") & view.present("l4.SCTP")
                 & ~view.equals(SCTP_CHUNK_TYPE, "UNSUPPORTED", "UNSUPPORTED"))
@@ -723,7 +757,7 @@ class SctpHandler(Handler):
         view, rows = view.select(rows)
         chunk = view.text(SCTP_CHUNK_TYPE, "UNSUPPORTED")
         family = view.text("IP.ipVersion", "IP_NOT_USED")
-        _inc(self.chunks, group_counts([chunk, family, *self.ctx.values(view)], rows))
+        out.count(self.chunks, group_counts([chunk, family, *self.ctx.values(view)], rows))
 
 
 class FlowsPerPodHandler(Handler):
@@ -739,8 +773,8 @@ class FlowsPerPodHandler(Handler):
         self.flows = self.counter("flows_per_pod_total", "Total number of flows per pod",
                                   ["protocol", "verdict", *self.ctx.label_names])
 
-    def observe(self, view: FlowView, valid: np.ndarray) -> None:
-        _inc(self.flows, group_counts([flow_protocol(view), verdict(view), *self.ctx.values(view)], valid))
+    def observe(self, view: FlowView, valid: np.ndarray, out: Increments) -> None:
+        out.count(self.flows, group_counts([flow_protocol(view), verdict(view), *self.ctx.values(view)], valid))
 
 
 # handlers the agent has that flowtrail does not implement: a clear error instead of silence
@@ -757,6 +791,7 @@ class HubbleMetrics:
     def __init__(self, specs: list[str], registry: CollectorRegistry) -> None:
         # client_golang exposes no *_created series; neither do we (they would double the series)
         prometheus_client.disable_created_metrics()
+        self.specs = list(specs)
         self.registry = registry
         self.handlers: list[Handler] = []
         seen: dict[str, str] = {}
@@ -780,30 +815,58 @@ class HubbleMetrics:
             self.lost_events = Counter("lost_events_total", "Number of lost events", ["source"], namespace=NAMESPACE,
                                        registry=registry)
         self.paths: set[str] = set()
+        self._counters: dict[str, Counter] = {f"{NAMESPACE}_lost_events_total": self.lost_events} \
+            if self.lost_events is not None else {}
+        self._histograms: dict[str, BatchHistogram] = {}
         for h in self.handlers:
             self.paths |= h.paths
+            self._counters.update(h.counters)
+            self._histograms.update(h.histograms)
+        # children by (counter, labels): labels() takes a lock and validates on every call
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     def observe(self, table: pa.Table) -> None:
         """Count one decoded table (rows without a flow, e.g. lost events, are skipped by the
         handlers; lost events feed ``hubble_lost_events_total``)."""
+        self.apply(self.compute(table))
+
+    def compute(self, table: pa.Table) -> Increments:
+        """What counting ``table`` adds to the metrics; the registry is not touched."""
+        out = Increments()
         if not self.handlers or table.num_rows == 0:
-            return
+            return out
         names = table.schema.names
         if "lost_events" in names and self.lost_events is not None:
-            self._lost(table.column("lost_events"))
+            self._lost(table.column("lost_events"), out)
         if "flow" not in names:
             raise ValueError("table has no 'flow' column (decode with Decoder(HubbleMetrics.paths))")
         view = FlowView(table.column("flow"))
         if not view.valid.any():
-            return
+            return out
         for h in self.handlers:
-            h.observe(view, view.valid)
+            h.observe(view, view.valid, out)
+        return out
 
-    def _lost(self, lost: pa.ChunkedArray) -> None:
+    def apply(self, inc: Increments) -> None:
+        """Add what :meth:`compute` found (of this metric set, in this or another process)."""
+        children = self._children
+        for name, groups in inc.counts:
+            counter = self._counters[name]
+            for labels, n, trace in groups:
+                child = children.get((name, labels))
+                if child is None:
+                    child = children[(name, labels)] = counter.labels(*labels)
+                if trace:
+                    child.inc(n, exemplar={"traceID": trace})
+                else:
+                    child.inc(n)
+        for name, series, counts, sums, last in inc.histograms:
+            self._histograms[name].merge(series, counts, sums, last)
+
+    def _lost(self, lost: pa.ChunkedArray, out: Increments) -> None:
         valid = np.asarray(lost.is_valid().to_numpy(zero_copy_only=False), bool)
         if not valid.any():
             return
         view = FlowView(lost)
         source = map_text(view.text("source", "UNKNOWN_LOST_EVENT_SOURCE"), str.lower)
-        assert self.lost_events is not None
-        _inc(self.lost_events, group_counts([source], valid, view.integer("num_events_lost")))
+        out.count(f"{NAMESPACE}_lost_events_total", group_counts([source], valid, view.integer("num_events_lost")))

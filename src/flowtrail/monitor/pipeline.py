@@ -71,6 +71,7 @@ class _Prepared:
     chunks: list[Chunk]
     tables: list[pa.Table]
     decode_s: float
+    reduced: list[Any] | None = None  # the workers' Reduced blocks (tables: their candidate rows)
 
 
 @dataclass
@@ -176,8 +177,15 @@ class Monitor:
         self.decoder = Decoder(sorted(paths))
         self.pool = None
         if self.opts.decode_workers > 0:
-            from flowtrail.monitor.decodepool import DecodePool
-            self.pool = DecodePool(paths, self.opts.decode_workers)
+            from flowtrail.monitor.decodepool import DecodePool, ReduceSpec
+            spec = None
+            if enricher is None and not self.flow_outputs:
+                # nothing needs every decoded row in this process: the workers reduce blocks
+                allow, deny = flow_filter.raw() if flow_filter is not None else ([], [])
+                spec = ReduceSpec(metrics=hubble_metrics.specs if hubble_metrics is not None else None,
+                                  prefilter=engine.prefilter() if engine is not None else ['"lost_events"'],
+                                  allow=allow, deny=deny)
+            self.pool = DecodePool(paths, self.opts.decode_workers, spec)
         self._min_sev = SEVERITIES.index(self.opts.min_severity)
         self.stop_sources = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -402,6 +410,8 @@ class Monitor:
     def prepare(self, chunks: list[Chunk]) -> _Prepared:
         """Decode, enrich, filter and export one micro-batch."""
         t0 = time.perf_counter()
+        if self.pool is not None and self.pool.reducing:
+            return self._prepare_reduced(chunks, t0)
         own = self.own
         tables: list[pa.Table] = []
         logged = 0
@@ -413,15 +423,7 @@ class Monitor:
                 dec = self.pool.result(futures[i], ch)
             else:
                 dec = self.decoder.decode_block(ch.data, ch.source, ch.first_line)
-            self.stats.lines += dec.stats.lines
-            if dec.errors:
-                self.stats.decode_errors += len(dec.errors)
-                if own is not None:
-                    own.decode_errors.labels(source=ch.source).inc(len(dec.errors))
-                for err in dec.errors:
-                    if logged < MAX_LOGGED_ERRORS_PER_BATCH:
-                        log.warning("skipped bad line: %s", err)
-                        logged += 1
+            logged = self._decoded(ch, dec.stats, dec.errors, logged)
             table, rows = dec.table, dec.rows
             if table is None or table.num_rows == 0:
                 continue
@@ -447,40 +449,89 @@ class Monitor:
             tables.append(table)
         return _Prepared(chunks, tables, time.perf_counter() - t0)
 
+    def _prepare_reduced(self, chunks: list[Chunk], t0: float) -> _Prepared:
+        """The batch cut into one block per worker, each reduced by a worker."""
+        from flowtrail.monitor.decodepool import split_evenly
+        assert self.pool is not None
+        runs = _runs(chunks, max(MERGE_MAX_BYTES, split_evenly(chunks, self.pool.workers)))
+        futures = [self.pool.submit_run(run) for run in runs]
+        reduced = []
+        logged = 0
+        for fut, run in zip(futures, runs, strict=True):
+            ch = run[0]
+            red = self.pool.result(fut)
+            logged = self._decoded(ch, red.stats, red.errors, logged)
+            self.stats.filtered_out += red.filtered_out
+            if self.own is not None and red.stats.flows:
+                self.own.flows_received.labels(source=ch.source).inc(red.stats.flows)
+            reduced.append(red)
+        return _Prepared(chunks, [r.table for r in reduced if r.table.num_rows], time.perf_counter() - t0, reduced)
+
+    def _decoded(self, ch: Chunk, stats: Any, errors: list[Any], logged: int) -> int:
+        """Count a decoded block's lines and errors; log errors while fewer than
+        MAX_LOGGED_ERRORS_PER_BATCH were (``logged``) in this batch. Returns the new count."""
+        self.stats.lines += stats.lines
+        if errors:
+            self.stats.decode_errors += len(errors)
+            if self.own is not None:
+                self.own.decode_errors.labels(source=ch.source).inc(len(errors))
+            for err in errors[:max(0, MAX_LOGGED_ERRORS_PER_BATCH - logged)]:
+                log.warning("skipped bad line: %s", err)
+                logged += 1
+        return logged
+
     def finish(self, p: _Prepared) -> list[dict[str, Any]]:
         """Metrics, detection and alerts for a prepared batch; then its offsets are committed."""
         chunks, tables, own = p.chunks, p.tables, self.own
         new: list[dict[str, Any]] = []
-        if tables:
-            big = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        if tables or p.reduced:
+            big = (pa.concat_tables(tables) if len(tables) > 1 else tables[0]) if tables else pa.table({})
             n_lost = lost_total = 0
             if "lost_events" in big.column_names:
                 lost = big.column("lost_events")
                 n_lost = len(big) - lost.null_count
                 if n_lost:
                     lost_total = events_lost(lost)
+            rows = big.num_rows if p.reduced is None else sum(r.rows for r in p.reduced)
             self.stats.lost_events += lost_total
-            self.stats.flows += big.num_rows - n_lost
+            self.stats.flows += rows - n_lost
             if own is not None and lost_total:
                 own.lost_events.labels(source=chunks[0].source).inc(lost_total)
+            clock = None
+            if p.reduced is not None:
+                clock = (pa.concat_arrays([r.times for r in p.reduced]),
+                         pa.concat_arrays([r.nodes.cast(pa.string()) for r in p.reduced]))
             t_detect = time.perf_counter()
             if self.engine is not None:
-                self.engine.process(big)
+                self.engine.process(big, clock)
                 new = self._emit(self.engine.drain(), chunks)
                 if self.engine.t_max is not None:
                     self.newest_flow_ns = self.engine.t_max
+            elif clock is not None:
+                self._note_ns(clock[0])
             elif "time" in big.column_names:
                 self._note_time(big)
             if own is not None:
                 own.batch_seconds.labels(stage="decode").observe(p.decode_s)
                 own.batch_seconds.labels(stage="detect").observe(time.perf_counter() - t_detect)
-            if not self._metrics_tables:
-                self._metrics_since = time.monotonic()
-            self._metrics_tables.append(big)
-            self._metrics_rows += big.num_rows
-            self._metrics_flows += big.num_rows - n_lost
-            if self._metrics_rows >= self.opts.metrics_max_flows:
-                self._flush_metrics()
+            if p.reduced is not None:
+                # counted by the workers: applied in input order, at once
+                t0 = time.perf_counter()
+                if self.hubble_metrics is not None:
+                    for r in p.reduced:
+                        if r.increments is not None:
+                            self.hubble_metrics.apply(r.increments)
+                if own is not None:
+                    own.batch_seconds.labels(stage="metrics").observe(time.perf_counter() - t0)
+                    own.flows_processed.inc(rows - n_lost)
+            else:
+                if not self._metrics_tables:
+                    self._metrics_since = time.monotonic()
+                self._metrics_tables.append(big)
+                self._metrics_rows += big.num_rows
+                self._metrics_flows += big.num_rows - n_lost
+                if self._metrics_rows >= self.opts.metrics_max_flows:
+                    self._flush_metrics()
         for fo in self.flow_outputs:
             # the exported rows are on disk before their input offsets are committed
             getattr(fo, "persist", lambda _t: True)(5.0)
@@ -506,6 +557,11 @@ class Monitor:
             self.own.batch_seconds.labels(stage="metrics").observe(time.perf_counter() - t0)
             # last: once this counter covers a flow, every metric and alert of it is out
             self.own.flows_processed.inc(flows)
+
+    def _note_ns(self, times: pa.Array) -> None:
+        t = pc.max(times).as_py() if len(times) else None
+        if t is not None and (self.newest_flow_ns is None or t > self.newest_flow_ns):
+            self.newest_flow_ns = t
 
     def _note_time(self, big: pa.Table) -> None:
         try:
@@ -563,30 +619,31 @@ class Monitor:
 MERGE_MAX_BYTES = 8 << 20
 
 
-def _merged(chunks: list[Chunk]) -> list[Chunk]:
-    """Consecutive chunks of one source joined into blocks of up to MERGE_MAX_BYTES: a pipe or a
-    relay hands over a few dozen lines at a time, and each decode call has a fixed cost that would
-    otherwise dominate (measured: 35-line chunks from a pipe ran 7x slower)."""
-    out: list[Chunk] = []
+def _runs(chunks: list[Chunk], max_bytes: int = MERGE_MAX_BYTES) -> list[list[Chunk]]:
+    """Consecutive chunks of one source in runs of up to ``max_bytes``: a pipe or a relay hands
+    over a few dozen lines at a time, and each decode call has a fixed cost that would otherwise
+    dominate (measured: 35-line chunks from a pipe ran 7x slower)."""
+    out: list[list[Chunk]] = []
     run: list[Chunk] = []
     size = 0
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            out.append(Chunk(b"".join(c.data for c in run), run[0].source, run[0].first_line,
-                             run[0].received_ns, None, sum(c.lines for c in run)))
-
     for ch in chunks:
         if run and (ch.source != run[-1].source or ch.first_line != run[-1].first_line + run[-1].lines
-                    or size + len(ch.data) > MERGE_MAX_BYTES or not run[-1].lines):
-            flush()
+                    or size + len(ch.data) > max_bytes or not run[-1].lines):
+            out.append(run)
             run, size = [], 0
         run.append(ch)
         size += len(ch.data)
-    flush()
+    if run:
+        out.append(run)
     return out
+
+
+def _merged(chunks: list[Chunk]) -> list[Chunk]:
+    """The runs of :func:`_runs`, each joined into one chunk."""
+    return [run[0] if len(run) == 1 else
+            Chunk(b"".join(c.data for c in run), run[0].source, run[0].first_line, run[0].received_ns, None,
+                  sum(c.lines for c in run))
+            for run in _runs(chunks)]
 
 
 def _expected(exc: BaseException) -> bool:
