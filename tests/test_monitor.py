@@ -448,9 +448,9 @@ def _monitor_outputs(data: bytes, source: str, workers: int, tmp: Path) -> tuple
 
 
 def test_worker_processes_reduce_blocks_to_the_same_alerts_and_metrics(capture: Path, tmp_path: Path) -> None:
-    """With decode workers the monitor keeps only the rows the rules' prefilter selects and the
-    workers' metric increments: the alerts (every field, in order) and the Hubble metrics
-    (exemplars included) equal those of decoding every row in the monitor itself."""
+    """With decode workers the monitor gets only the rows the rules' prefilter selects (and every
+    flow's clock) and the workers' metric increments: the alerts (every field, in order) and the
+    Hubble metrics (exemplars included) equal those of decoding every row in the monitor itself."""
     lines = capture.read_bytes().splitlines(keepends=True)
     # a bad line, a lost-events record, and a stretch spelled as protojson may spell it (spaces
     # after colons and commas: decoded by the exact path, and no prefilter pattern matches them)

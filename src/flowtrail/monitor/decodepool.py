@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from flowtrail.monitor.candidates import Prefilter, clock
 from flowtrail.sources.chunk import Chunk
-from flowtrail.sources.decode import Decoded, DecodeError, Decoder, DecodeStats, LineIndex
+from flowtrail.sources.decode import Decoded, DecodeError, Decoder, DecodeStats
 
 
 @dataclass
@@ -65,7 +66,7 @@ class _Worker:
         self.decoder = Decoder(paths)
         self.spec = spec
         self.metrics: Any = None
-        self.matcher: Any = None
+        self.prefilter: Prefilter | None = None
         self.filter: Any = None
         if spec is None:
             return
@@ -75,34 +76,20 @@ class _Worker:
             from flowtrail.metrics.hubble import HubbleMetrics
             self.metrics = HubbleMetrics(spec.metrics, CollectorRegistry())
         if spec.prefilter is not None:
-            from flowtrail.sources.batches import NONCANONICAL_PATTERNS
-            from flowtrail.sources.linematch import LineMatcher
-            # lines that may be non-canonical JSON are candidates too, as in `flowtrail detect`
-            patterns = [*spec.prefilter, *NONCANONICAL_PATTERNS]
-            self.matcher = LineMatcher.compile([p.encode() for p in patterns], [0] * len(patterns))
+            self.prefilter = Prefilter(spec.prefilter)
         if spec.allow or spec.deny:
             from flowtrail.filters import FilterSet
             self.filter = FilterSet.compile(spec.allow, spec.deny)
 
     def reduce(self, data: bytes | memoryview, source: str, first_line: int) -> Reduced:
         """``data``: whole lines (a memoryview of a shared segment is read as bytes)."""
-        from flowtrail.detect.features import Batch, Enrichment
-        from flowtrail.util import compute as pc
-
-        matched = None
-        ix = None
-        if self.matcher is not None and data:
-            ix, line, _ = LineIndex.with_matches(data, self.decoder.max_line, self.matcher)  # type: ignore[arg-type]
-            matched = np.zeros(ix.count, bool)
-            matched[line] = True
-        dec = self.decoder.decode_block(data, source, first_line, index=ix)  # type: ignore[arg-type]
+        if self.prefilter is not None:
+            dec, cand = self.prefilter.decode(self.decoder, data, source, first_line)
+        else:
+            dec = self.decoder.decode_block(data, source, first_line)  # type: ignore[arg-type]
+            cand = np.ones(0 if dec.table is None else dec.table.num_rows, bool)
         table = dec.table
         assert table is not None
-        if matched is not None:
-            # rows the decoder rewrote (non-canonical spellings) are candidates whatever they match
-            cand = matched[dec.line_numbers - first_line] | (dec.rows.starts < 0)
-        else:
-            cand = np.ones(table.num_rows, bool)
         filtered_out = 0
         if self.filter is not None and table.num_rows:
             keep = self.filter.mask(table)
@@ -111,18 +98,9 @@ class _Worker:
                 table = table.filter(pa.array(keep))
                 cand = cand[keep]
         increments = self.metrics.compute(table) if self.metrics is not None else None
-        flows = table
-        if "flow" in table.column_names and table.column("flow").null_count:
-            flows = table.filter(pc.is_valid(table.column("flow")))
-        if flows.num_rows:
-            batch = Batch(flows, Enrichment())  # held while its frame computes
-            times = batch.all["time"]
-            if isinstance(times, pa.ChunkedArray):
-                times = times.combine_chunks()
-            nodes = pc.dictionary_encode(flows.column("node_name")).combine_chunks() \
-                if "node_name" in flows.column_names else pa.nulls(flows.num_rows, pa.string())
-        else:
-            times, nodes = pa.array([], pa.int64()), pa.array([], pa.string())
+        times, nodes = clock(table)
+        if len(nodes) and not pa.types.is_dictionary(nodes.type):
+            nodes = nodes.dictionary_encode()  # a few node names: sent once each
         return Reduced(table.filter(pa.array(cand)), times, nodes, table.num_rows, filtered_out, increments,
                        dec.errors, dec.stats)
 
