@@ -64,7 +64,7 @@ pipeline:
                          # shed: chunks that do not fit are dropped and counted (flowtrail_flows_shed_total)
   shutdown_timeout: 10s  # SIGTERM: time allowed to drain the queue and flush the sinks
   decode_workers: 0      # extra processes decoding JSON, computing the Hubble metrics and prefiltering for
-                         # detection (0: a decode thread in this process; on 2 CPUs the thread is as fast)
+                         # detection (0: a decode thread in this process; on 2 CPUs the thread is faster)
 log:
   level: info
   format: json           # json (one object per line on stderr) or text
