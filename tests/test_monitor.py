@@ -467,3 +467,55 @@ def test_worker_processes_reduce_blocks_to_the_same_alerts_and_metrics(capture: 
     got_alerts, got_metrics = _monitor_outputs(data, str(src), 2, tmp_path)
     assert got_alerts == alerts
     assert got_metrics == metrics
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append((int(d.name), cmd))
+    return out
+
+
+def test_a_killed_decode_worker_stops_the_monitor_and_a_restart_loses_nothing(
+        capture: Path, batch_alerts: list[dict[str, Any]], tmp_path: Path) -> None:
+    """A decode worker killed (as the OOM killer would) ends the monitor with exit status 1 and
+    the reason in its log, so a supervisor restarts it; the restart reads what was not processed
+    and, with the first run, raises every alert `detect` raises."""
+    live, alerts, state = tmp_path / "events.log", tmp_path / "alerts.jsonl", tmp_path / "state"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pipeline:\n  decode_workers: 2\n")
+    lines = capture.read_bytes().splitlines(keepends=True)
+    third = len(lines) // 3
+    live.write_bytes(b"".join(lines[:third]))
+    port = _free_port()
+    args = [FT, "run", "--config", str(cfg), "--input-file", str(live), "--alerts-file", str(alerts),
+            "--state-dir", str(state), "--log-format", "json"]
+    proc = subprocess.Popen([*args, "--metrics-listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait(lambda: _port_open(port) and _metric(_get(base + "/metrics")[1].decode(),
+                                                   "flowtrail_flows_processed_total") >= third, 60)
+        workers = [pid for pid, cmd in _children(proc.pid) if "spawn_main" in cmd and "resource_tracker" not in cmd]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        with open(live, "ab") as fh:
+            fh.write(b"".join(lines[third:]))
+        assert proc.wait(60) == 1
+        _, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = [orjson.loads(x) for x in err.splitlines() if x.startswith(b"{")]
+    assert any(x["msg"].startswith("exiting with an error: decode stage: BrokenProcessPool") for x in logs), logs[-3:]
+    r = subprocess.run([*args, "--once"], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    got = {orjson.loads(x)["id"] for x in alerts.read_bytes().splitlines()}
+    assert got == {a["id"] for a in batch_alerts}

@@ -313,8 +313,12 @@ class Monitor:
                     self._prepared.put(self.prepare(batch))
                 elif self._stage_done.is_set() and not len(self.queue):
                     break
-        except Exception:
+        except Exception as exc:
+            # e.g. a decode worker killed (out of memory): the monitor stops with an error, so its
+            # supervisor restarts it; the failed batch's offsets were not committed, so the
+            # restart reads it again
             log.exception("decode stage failed")
+            self.failed.append(f"decode stage: {type(exc).__name__}: {exc}")
         self._prepared.put(None)
 
     def shutdown(self, ended: bool = False) -> None:
