@@ -268,7 +268,16 @@ def const(value: str, n: int) -> pa.Array:
 
 
 def choose(cond: np.ndarray, a: pa.Array, b: pa.Array) -> pa.Array:
-    """Where ``cond``: a, else b."""
+    """Where ``cond``: a, else b. Two dictionary columns (enum names, lookups, constants) give a
+    dictionary column, chosen between by their codes: no string is copied, and group_rows reads
+    the codes as they are (its dictionary may then hold a value twice, which group_rows merges)."""
+    if (isinstance(a, pa.DictionaryArray) and isinstance(b, pa.DictionaryArray) and not a.null_count
+            and not b.null_count and a.dictionary.type == b.dictionary.type):
+        ia = np.asarray(a.indices.to_numpy(zero_copy_only=False), np.int32)
+        ib = np.asarray(b.indices.to_numpy(zero_copy_only=False), np.int32)
+        codes = np.where(cond, ia, ib + np.int32(len(a.dictionary)))
+        return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()),
+                                              pa.concat_arrays([a.dictionary, b.dictionary]))
     return pc.if_else(pa.array(cond, pa.bool_()), _plain(a), _plain(b))
 
 
