@@ -246,10 +246,13 @@ def position_file(state_dir: Path | None, source: dict[str, Any]) -> Path | None
 
 
 def _workers(value: int | str) -> int:
+    """``auto``: none on 2 CPUs or fewer (the monitor's own decode thread is faster there, see
+    docs/monitor.md), else one per CPU but the monitor's, at most 4."""
     if value != "auto":
         return int(value)
     import os
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else min(4, cpus - 1)
 
 
 def _slug(path: str) -> str:
