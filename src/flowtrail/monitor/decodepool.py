@@ -128,6 +128,10 @@ def _init(paths: list[str], spec: ReduceSpec | None) -> None:
     _WORKER = _Worker(paths, spec)
 
 
+def _ready() -> None:
+    pass
+
+
 def _decode(data: bytes, source: str, first_line: int) -> Decoded:
     assert _WORKER is not None
     return _WORKER.decoder.decode_block(data, source, first_line)
@@ -174,6 +178,10 @@ class DecodePool:
         self.reducing = reduce is not None
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                          initializer=_init, initargs=(sorted(paths), reduce))
+        # the pool spawns a process per task that finds none idle: all of them now, so that each
+        # builds its decoder while the monitor starts, not when a batch waits for it
+        for _ in range(workers):
+            self._pool.submit(_ready)
         self._free: list[_Segment] = []
         self._busy: dict[int, _Segment] = {}  # id(future) -> the segment it reads
         self._shared = self.reducing and hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
