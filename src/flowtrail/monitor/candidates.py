@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from flowtrail.sources.decode import Decoded, Decoder, LineIndex
+from flowtrail.sources.decode import Decoded, Decoder
 from flowtrail.util import compute as pc
 
 
@@ -22,29 +22,15 @@ class Prefilter:
     """The engine's prefilter patterns (Engine.prefilter), compiled once for every block."""
 
     def __init__(self, patterns: list[str]) -> None:
-        from flowtrail.sources.batches import NONCANONICAL_PATTERNS
-        from flowtrail.sources.linematch import LineMatcher
-        # lines that may be non-canonical JSON are candidates too, as in `flowtrail detect`
-        every = [*patterns, *NONCANONICAL_PATTERNS]
-        # None: a pattern Hyperscan refuses; RE2 (Arrow) reads the lines then
-        self.matcher = LineMatcher.compile([p.encode() for p in every], [0] * len(every))
-        self.regex = "|".join(every)
+        from flowtrail.sources.batches import LinePrefilter
+        self.lines = LinePrefilter(patterns)
 
     def decode(self, decoder: Decoder, data: Any, source: str, first_line: int) -> tuple[Decoded, np.ndarray]:
         """Every line of ``data`` decoded, and per row whether it is a candidate."""
         if not data:
             dec = decoder.decode_block(data, source, first_line)
             return dec, np.zeros(0 if dec.table is None else dec.table.num_rows, bool)
-        if self.matcher is not None:
-            ix, line, _ = LineIndex.with_matches(data, decoder.max_line, self.matcher)
-            matched = np.zeros(ix.count, bool)
-            matched[line] = True
-        else:
-            from flowtrail.sources.batches import line_array
-            ix = LineIndex(data, decoder.max_line)
-            arr, _ = line_array(bytes(data))
-            matched = np.asarray(pc.fill_null(pc.match_substring_regex(arr, self.regex), False)
-                                 .to_numpy(zero_copy_only=False), dtype=bool)
+        ix, matched = self.lines.lines(data, decoder.max_line)
         dec = decoder.decode_block(data, source, first_line, index=ix)
         # rows the decoder rewrote (other spellings) are candidates whatever they match
         return dec, matched[dec.line_numbers - first_line] | (dec.rows.starts < 0)
