@@ -64,7 +64,6 @@ class Reduced:
 class _Worker:
     def __init__(self, paths: list[str], spec: ReduceSpec | None) -> None:
         self.decoder = Decoder(paths)
-        self.spec = spec
         self.metrics: Any = None
         self.prefilter: Prefilter | None = None
         self.filter: Any = None
@@ -187,7 +186,9 @@ class DecodePool:
         self._shared = self.reducing and hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
 
     def submit(self, ch: Chunk) -> Future[Any]:
-        return self._pool.submit(_reduce if self.reducing else _decode, ch.data, ch.source, ch.first_line)
+        """Decode one block (a pool that does not reduce; reducing pools take :meth:`submit_run`)."""
+        assert not self.reducing
+        return self._pool.submit(_decode, ch.data, ch.source, ch.first_line)
 
     def submit_run(self, run: Sequence[Chunk]) -> Future[Any]:
         """Reduce consecutive chunks of one source as one block."""

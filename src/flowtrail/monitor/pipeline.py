@@ -569,11 +569,10 @@ class Monitor:
 
     def _note_time(self, big: pa.Table) -> None:
         try:
-            t = pc.max(pc.cast(pc.cast(big.column("time"), pa.timestamp("ns", tz="UTC")), pa.int64())).as_py()
+            times = pc.cast(pc.cast(big.column("time"), pa.timestamp("ns", tz="UTC")), pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return
-        if t is not None and (self.newest_flow_ns is None or t > self.newest_flow_ns):
-            self.newest_flow_ns = t
+        self._note_ns(times)
 
     def _emit(self, alerts: list[Alert], chunks: list[Chunk]) -> list[dict[str, Any]]:
         picked = [a for a in alerts if SEVERITIES.index(a.severity) >= self._min_sev]
