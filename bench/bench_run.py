@@ -2,6 +2,7 @@
 
     python bench/bench_run.py throughput [--flows 1000000] [--repeat 3]
     python bench/bench_run.py latency [--rate 20000] [--seconds 60]
+    python bench/bench_run.py sustained [--rate 200000] [--seconds 20]
     python bench/bench_run.py soak [--rate 40000] [--seconds 600]
 
 throughput: `flowtrail run --once` (default rule pack, Hubble metrics, alerts to a file) over the
@@ -13,6 +14,13 @@ latency: a lab capture with attack scenarios is appended to a file at `--rate` f
     every alert, latency = the moment the alert line appeared in the alerts file minus the moment
     the flow that triggered it (the alert's `detected_at`) was written. Also reports the monitor's
     own histogram (arrival → handed to the sinks) from /metrics.
+sustained: the core benchmark file (`--rate` x `--seconds` flows, bench/genflows.py) is piped into
+    `flowtrail run --input-file - --overload shed` at `--rate` flows/s (spliced from the page cache,
+    so the writer costs little CPU), as `hubble observe --follow -o json | flowtrail run ...` would
+    feed it. /metrics is scraped every 5 s. The rate is sustained when nothing is shed and the
+    processed count reaches the sent count within 2 s of the last write (Hubble
+    metrics, and with them the processed counter, are flushed at least once a second); the per-interval
+    processed rates and the largest backlog (sent minus processed) show how close it came.
 soak: the lab simulator streams through a pacer at `--rate` flows/s into `flowtrail run
     --input-file - --overload shed` for `--seconds`; the monitor's RSS is sampled every 5 s. Flat
     memory means the slope over the second half stays within noise; what the monitor could not
@@ -231,6 +239,104 @@ def _histogram(text: str, name: str) -> str:
     return f"{int(count)} alerts, p50 <= {p50}s, p99 <= {p99}s"
 
 
+# ---------------------------------------------------------------------------------------- sustained
+def _scrape(port: int) -> dict[str, float]:
+    """The monitor's own counters that tell whether it keeps up."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {"processed": 0.0, "shed": 0.0, "queue": 0.0, "decode_errors": 0.0}
+    for ln in text.splitlines():
+        if ln.startswith("flowtrail_flows_processed_total "):
+            out["processed"] = float(ln.rsplit(" ", 1)[1])
+        elif ln.startswith("flowtrail_flows_shed_total{"):
+            out["shed"] += float(ln.rsplit(" ", 1)[1])
+        elif ln.startswith('flowtrail_queue_depth{queue="sources"}'):
+            out["queue"] = float(ln.rsplit(" ", 1)[1])
+        elif ln.startswith("flowtrail_decode_errors_total{"):
+            out["decode_errors"] += float(ln.rsplit(" ", 1)[1])
+    return out
+
+
+def sustained(args: argparse.Namespace) -> list[str]:
+    n = args.rate * args.seconds
+    # the first n lines of a file of whole millions (one file serves several rates)
+    data = REPO / "bench" / "data" / f"flows-{-(-n // 1_000_000) * 1_000_000}.jsonl"
+    data.parent.mkdir(exist_ok=True)
+    if not data.exists():
+        subprocess.run([sys.executable, str(REPO / "bench" / "genflows.py"), "-n", data.stem.split("-")[1],
+                        "-o", str(data)], check=True, stdout=subprocess.DEVNULL)
+    raw = np.memmap(data, np.uint8, mode="r")
+    ends = np.flatnonzero(raw == 10) + 1  # byte offset after each line
+    del raw
+    if len(ends) < n:
+        raise SystemExit(f"{data}: {len(ends)} lines, {n} needed")
+    # read once so the run measures the monitor, not the disk
+    with open(data, "rb") as fh:
+        while fh.read(64 << 20):
+            pass
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        r, w = os.pipe()  # 64 kB: the monitor widens it itself (sources/stdin.py), as it does under a shell
+        mon = subprocess.Popen([FT, "run", "--input-file", "-", "--alerts-file", str(Path(tmp) / "alerts.jsonl"),
+                                "--overload", "shed", "--metrics-listen", f"127.0.0.1:{port}",
+                                "--log-level", "warning", *(["--config", args.config] if args.config else [])],
+                               stdin=r)
+        os.close(r)
+        time.sleep(3)  # start-up (imports, rule compilation) is not part of the rate
+        samples: list[tuple[float, int, dict[str, float]]] = []
+        fd = os.open(data, os.O_RDONLY)
+        sent = 0  # lines
+        t0 = time.monotonic()
+        next_scrape = t0 + 5
+        try:
+            while sent < n:
+                due = min(n, int((time.monotonic() - t0) * args.rate))
+                if due > sent:
+                    start = int(ends[sent - 1]) if sent else 0
+                    left = int(ends[due - 1]) - start
+                    while left:
+                        moved = os.splice(fd, w, left, offset_src=start)
+                        start += moved
+                        left -= moved
+                    sent = due
+                now = time.monotonic()
+                if now >= next_scrape:
+                    samples.append((now - t0, sent, _scrape(port)))
+                    next_scrape += 5
+                time.sleep(0.005)
+            wrote_s = time.monotonic() - t0
+            # drained: processed reaches sent (or stops moving)
+            drain_t0 = time.monotonic()
+            last = _scrape(port)
+            while last["processed"] + last["shed"] < n and time.monotonic() - drain_t0 < 30:
+                time.sleep(0.05)
+                last = _scrape(port)
+            drain_s = time.monotonic() - drain_t0
+            rss = _rss_mb(mon.pid)
+        finally:
+            os.close(fd)
+            os.close(w)
+            mon.terminate()
+            rc = mon.wait(60)
+    out = [f"sustained: {n:,} flows piped at {args.rate:,} flows/s; written in {wrote_s:.2f} s "
+           f"({n / wrote_s:,.0f} flows/s); exit code {rc}"]
+    prev_t, prev_p = 0.0, 0.0
+    rates, backlog = [], []
+    for t, s_, m in samples:
+        rates.append((m["processed"] - prev_p) / (t - prev_t))
+        backlog.append(s_ - m["processed"])
+        prev_t, prev_p = t, m["processed"]
+        out.append(f"  t={t:5.1f}s sent {s_:>11,} processed {m['processed']:>11,.0f} "
+                   f"({rates[-1]:>9,.0f}/s over the interval) queue {m['queue']:>9,.0f} lines shed {m['shed']:,.0f}")
+    out.append(f"after the last write: processed {last['processed']:,.0f} of {n:,} within {drain_s:.2f} s; "
+               f"shed {last['shed']:,.0f}; decode errors {last['decode_errors']:,.0f}; largest backlog at a scrape "
+               f"{max(backlog, default=0):,.0f} lines; RSS {rss:.0f} MB")
+    ok = last["shed"] == 0 and last["processed"] >= n and drain_s <= 2.0
+    out.append(f"{args.rate:,} flows/s sustained: {'yes' if ok else 'no'}")
+    for ln in out:
+        print(ln, flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- soak
 def soak(args: argparse.Namespace) -> list[str]:
     # hours of flow time at a modest simulated rate: the content repeats no pattern the engine could
@@ -296,7 +402,7 @@ def _rss_mb(pid: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["throughput", "latency", "soak"])
+    ap.add_argument("mode", choices=["throughput", "latency", "sustained", "soak"])
     ap.add_argument("--flows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--decode-workers", type=int, default=2, help="throughput: the worker processes of the second run case")
@@ -311,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         args.rate = args.rate or 20_000
         args.seconds = args.seconds or 60
         latency(args)
+    elif args.mode == "sustained":
+        args.rate = args.rate or 200_000
+        args.seconds = args.seconds or 20
+        sustained(args)
     else:
         args.rate = args.rate or 40_000
         args.seconds = args.seconds or 600

@@ -203,3 +203,40 @@ def test_a_line_longer_than_a_read_is_handed_on_in_pieces(tmp_path: Path) -> Non
     out = b"".join(c.data for c in f.chunks(threading.Event())).splitlines()
     assert out[0] == _lines(1)[0] and out[-1] == _lines(1, 1)[0]  # the lines around it survive
     assert b"".join(out[1:-1]) == endless and f.stats["overlong_lines"] == 2
+
+
+def test_stdin_pipe_is_widened_and_keeps_every_line(tmp_path: Path) -> None:
+    """A pipe holds 64 kB by default; the stdin source asks for 1 MB (or the system's limit) so
+    that a fast writer is read in large pieces, and still hands on every line exactly once."""
+    import fcntl
+
+    from flowtrail.sources.stdin import PIPE_MAX_SIZE, StdinSource, widen_pipe
+
+    r, w = os.pipe()
+    try:
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == 64 << 10
+        src = StdinSource(fd=r)
+        lines = [b'{"flow":{"uuid":"%d"}}\n' % i for i in range(100_000)]
+        data = b"".join(lines)
+
+        def write() -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view[:1 << 20]):]
+            os.close(w)
+
+        t = threading.Thread(target=write)
+        t.start()
+        got = list(src.chunks(threading.Event()))
+        t.join()
+        want = min(1 << 20, int(PIPE_MAX_SIZE.read_text()))
+        assert src.stats["pipe_bytes"] == want == fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+        assert b"".join(c.data for c in got) == data
+        assert sum(c.lines for c in got) == len(lines)
+        assert [c.first_line for c in got] == [1 + sum(c.lines for c in got[:i]) for i in range(len(got))]
+    finally:
+        os.close(r)
+    plain = tmp_path / "flows.jsonl"
+    plain.write_bytes(b"{}\n")
+    with open(plain, "rb") as fh:
+        assert widen_pipe(fh.fileno()) == 0  # not a pipe: left alone

@@ -85,7 +85,10 @@ class PipelineOptions:
     # Half a full batch: a full one is counted on its own (several tables are copied into one).
     metrics_max_flows: int = 32_768
     metrics_max_delay_s: float = 1.0
-    queue_max_bytes: int = 64 << 20
+    # ~0.75 s of input at 200k flows/s (340 MB/s of Hubble JSON). 64 MB held 0.19 s, less than
+    # a slow batch (~0.25 s, seen every few seconds at that rate), and `overload: shed` shed
+    # 15-30k lines per 20 s while the monitor kept up on average. The queue fills only behind.
+    queue_max_bytes: int = 256 << 20
     overload: str = "block"
     shutdown_timeout_s: float = 10.0
     min_severity: str = "info"
@@ -251,7 +254,18 @@ class Monitor:
         finally:
             self._source_done[src.name] = True
 
+    def _warm_up(self) -> None:
+        """Pay one-time costs before any input waits behind them. The first batch otherwise
+        imported pyarrow.compute (~50 ms: Arrow's own methods need it) and parsed the Public
+        Suffix List for the DNS rules (~0.1 s), while a fast source filled the queue."""
+        import pyarrow.compute  # noqa: F401
+
+        if self.engine is not None:
+            from flowtrail.enrich.dnsname import _psl
+            _psl()
+
     def start(self) -> None:
+        self._warm_up()
         if self.engine is not None and self._repeaters:
             # restored alerts that were sent before the restart: re-sent too if they keep growing
             now = time.monotonic()

@@ -85,6 +85,8 @@ def expand_inputs(paths: list[str]) -> list[Input]:
 
 def open_binary(inp: Input) -> BinaryIO:
     if inp.is_stdin:
+        from flowtrail.sources.stdin import widen_pipe
+        widen_pipe(sys.stdin.buffer.fileno())
         return sys.stdin.buffer
     if inp.is_gzip():
         return open_gzip(inp.path)
