@@ -10,7 +10,7 @@ DEVSTAMP := $(VENV)/.dev-installed
 
 PROTOS := $(wildcard src/flowtrail/sources/proto/*.proto)
 
-$(STAMP): requirements.txt pyproject.toml setup.py src/flowtrail/sources/_canonscan.c src/flowtrail/sources/_hsmatch.c src/flowtrail/sources/_lineindex.h src/flowtrail/lab/_render.c src/flowtrail/sources/_lineclass.c $(PROTOS)
+$(STAMP): requirements.txt pyproject.toml setup.py src/flowtrail/sources/_canonscan.c src/flowtrail/sources/_hsmatch.c src/flowtrail/sources/_lineindex.h src/flowtrail/lab/_render.c src/flowtrail/sources/_lineclass.c src/flowtrail/sources/_wirejson.c $(PROTOS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt

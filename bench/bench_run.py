@@ -3,6 +3,7 @@
     python bench/bench_run.py throughput [--flows 1000000] [--repeat 3]
     python bench/bench_run.py latency [--rate 20000] [--seconds 60]
     python bench/bench_run.py sustained [--rate 200000] [--seconds 20]
+    python bench/bench_run.py relay [--flows 200000]
     python bench/bench_run.py soak [--rate 40000] [--seconds 600]
 
 throughput: `flowtrail run --once` (default rule pack, Hubble metrics, alerts to a file) over the
@@ -21,6 +22,11 @@ sustained: the core benchmark file (`--rate` x `--seconds` flows, bench/genflows
     processed count reaches the sent count within 2 s of the last write (Hubble
     metrics, and with them the processed counter, are flushed at least once a second); the per-interval
     processed rates and the largest backlog (sent minus processed) show how close it came.
+relay: `flowtrail relay-replay` serves the first `--flows` lines of the core benchmark file as a
+    Hubble Relay (its own process), and `flowtrail run` follows it over gRPC from the start; the
+    rate is the monitor's processed counter over the time it took, with the CPU of both processes.
+    Beside it, a bare grpcio client that only receives the serialized responses: the transport's
+    own ceiling with this server on this machine.
 soak: the lab simulator streams through a pacer at `--rate` flows/s into `flowtrail run
     --input-file - --overload shed` for `--seconds`; the monitor's RSS is sampled every 5 s. Flat
     memory means the slope over the second half stays within noise; what the monitor could not
@@ -337,6 +343,97 @@ def sustained(args: argparse.Namespace) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------------------------------- relay
+BARE_CLIENT = """
+import sys, time, resource, grpc, grpc.experimental
+from flowtrail.sources.proto import observer_pb2
+req = observer_pb2.GetFlowsRequest()
+req.since.seconds = 1
+ch = grpc.insecure_channel(sys.argv[1], options=[(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)])
+call = ch.unary_stream("/observer.Observer/GetFlows", request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
+                       response_deserializer=None)
+t, n = time.perf_counter(), 0
+for _ in call(req):
+    n += 1
+print(n, time.perf_counter() - t, time.process_time())
+"""
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def relay(args: argparse.Namespace) -> list[str]:
+    src = REPO / "bench" / "data" / "flows-1000000.jsonl"
+    if not src.exists():
+        subprocess.run([sys.executable, str(REPO / "bench" / "genflows.py"), "-n", "1000000", "-o", str(src)],
+                       check=True, stdout=subprocess.DEVNULL)
+    out: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        part = Path(tmp) / "flows.jsonl"
+        with open(src, "rb") as fin, open(part, "wb") as fout:
+            for _ in range(args.flows):
+                fout.write(fin.readline())
+        port = free_port()
+        server = subprocess.Popen([FT, "relay-replay", "--input-file", str(part), "--listen", f"127.0.0.1:{port}"],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert server.stderr is not None
+            first = server.stderr.readline()  # printed once the file is parsed and the port is open
+            if "serving" not in first:
+                raise SystemExit(f"relay-replay did not start: {first}")
+            addr = f"127.0.0.1:{port}"
+            c0 = _cpu_s(server.pid)
+            res = subprocess.run([sys.executable, "-c", BARE_CLIENT, addr], capture_output=True, text=True, check=True)
+            n, wall, cpu = res.stdout.split()
+            srv_cpu = _cpu_s(server.pid) - c0
+            line = (f"bare grpcio client (responses as bytes): {int(n):,} in {float(wall):.2f} s = "
+                    f"{int(n) / float(wall):,.0f} flows/s; client CPU {float(cpu) / int(n) * 1e6:.1f} us/flow, "
+                    f"server CPU {srv_cpu / int(n) * 1e6:.1f} us/flow")
+            print(line, flush=True)
+            out.append(line)
+            cfg = Path(tmp) / "relay.yaml"
+            cfg.write_text(f'sources:\n  - {{type: relay, address: "{addr}", since: "2000-01-01T00:00:00Z"}}\n')
+            mport = free_port()
+            c0 = _cpu_s(server.pid)
+            mon = subprocess.Popen([FT, "run", "--config", str(cfg), "--alerts-file", str(Path(tmp) / "alerts.jsonl"),
+                                    "--metrics-listen", f"127.0.0.1:{mport}", "--log-level", "warning"])
+            try:
+                t0 = m0 = None
+                done = 0.0
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    try:
+                        done = _scrape(mport)["processed"]
+                    except OSError:
+                        continue  # not listening yet
+                    if done and t0 is None:
+                        # from the first counted flows on: start-up is not part of the rate
+                        t0, n0, m0 = time.monotonic(), done, _cpu_s(mon.pid)
+                    if done >= args.flows:
+                        break
+                if t0 is None or m0 is None:
+                    raise SystemExit("the monitor processed nothing")
+                wall_s = time.monotonic() - t0
+                mon_cpu = _cpu_s(mon.pid) - m0
+            finally:
+                mon.terminate()
+                mon.wait(60)
+            srv_cpu = _cpu_s(server.pid) - c0
+            got = done - n0
+            line = (f"flowtrail run --relay: {got:,.0f} flows in {wall_s:.2f} s = {got / wall_s:,.0f} flows/s; "
+                    f"monitor CPU {mon_cpu / got * 1e6:.1f} us/flow, server CPU {srv_cpu / args.flows * 1e6:.1f} us/flow "
+                    f"(whole replay)")
+            print(line, flush=True)
+            out.append(line)
+        finally:
+            server.terminate()
+            server.wait(30)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- soak
 def soak(args: argparse.Namespace) -> list[str]:
     # hours of flow time at a modest simulated rate: the content repeats no pattern the engine could
@@ -402,7 +499,7 @@ def _rss_mb(pid: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["throughput", "latency", "sustained", "soak"])
+    ap.add_argument("mode", choices=["throughput", "latency", "sustained", "relay", "soak"])
     ap.add_argument("--flows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--decode-workers", type=int, default=2, help="throughput: the worker processes of the second run case")
@@ -421,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
         args.rate = args.rate or 200_000
         args.seconds = args.seconds or 20
         sustained(args)
+    elif args.mode == "relay":
+        args.flows = args.flows if args.flows != 1_000_000 else 200_000
+        relay(args)
     else:
         args.rate = args.rate or 40_000
         args.seconds = args.seconds or 600

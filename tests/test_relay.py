@@ -20,26 +20,33 @@ from typing import Any
 import grpc
 import orjson
 import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
 
 from flowtrail.lab.relay_server import ReplayLog, ReplayOptions, ReplayServer
 from flowtrail.sources.decode import Decoder
 from flowtrail.sources.proto import flow_pb2, observer_pb2, observer_pb2_grpc, stale
 from flowtrail.sources.relay import (
+    _WIRE,
     RelayError,
     RelayOptions,
     RelaySource,
+    convert_wire,
     message_dict,
     parse_response,
     response_json,
     server_status,
 )
 from tests.helpers import free_port as _free_port
+from tests.strategies import responses
 
 from .conftest import REPO, SAMPLES_DIR
 
 FLOWTRAIL = REPO / ".venv" / "bin" / "flowtrail"
 EPOCH = "1970-01-01T00:00:00Z"  # since=epoch: replay the whole file, then follow
 FAST = {"backoff_initial_s": 0.02, "backoff_max_s": 0.1}
+SAMPLE_LINE = (SAMPLES_DIR / "hubble-otel_basic-sample-10-flows.jsonl").read_bytes().splitlines()[0] \
+    if (SAMPLES_DIR / "hubble-otel_basic-sample-10-flows.jsonl").exists() else b'{"flow":{"uuid":"u"},"node_name":"n"}'
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
@@ -175,6 +182,112 @@ def test_protojson_edge_values() -> None:
                             "l7": {"latency_ns": str(2**63 + 5)}, "is_reply": False}, "node_name": "n"}
     assert message_dict(flow_pb2.LostEvent(num_events_lost=3, source=flow_pb2.PERF_EVENT_RING_BUFFER)) == \
         {"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": "3"}
+
+
+# -- wire bytes -> JSON in C --------------------------------------------------------------------------
+
+needs_wire = pytest.mark.skipif(_WIRE is None, reason="the _wirejson C extension is not built")
+
+
+def _python_path(wire: bytes) -> tuple[str | None, int, str, int, bytes]:
+    """What the Python path makes of a serialized response (relay.RelaySource._deliver)."""
+    resp = observer_pb2.GetFlowsResponse.FromString(wire)
+    kind = resp.WhichOneof("response_types")
+    t_ns = (resp.time.seconds * 10**9 + resp.time.nanos if resp.HasField("time") else
+            resp.flow.time.seconds * 10**9 + resp.flow.time.nanos if kind == "flow" else 0)
+    return kind, t_ns, resp.flow.uuid, resp.lost_events.num_events_lost, response_json(resp)
+
+
+@needs_wire
+def test_wire_converter_equals_the_python_path(sim_log: ReplayLog) -> None:
+    """Every real sample and simulated response, converted from its wire bytes in C: the same
+    line as Hubble printed, with the same kind, time, uuid and lost count as the Python path."""
+    lines = list(sim_log.lines)
+    for path in _samples():
+        lines += [x for x in path.read_bytes().splitlines() if b'"flow"' in x or b'"lost_events"' in x]
+    for line in lines:
+        wire = parse_response(line).SerializeToString()
+        got = convert_wire(wire)
+        assert got is not None, line
+        assert got[4] == line
+        assert got == _python_path(wire)
+
+
+@needs_wire
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(responses())
+def test_wire_converter_on_generated_responses(resp: dict[str, Any]) -> None:
+    wire = parse_response(orjson.dumps(resp)).SerializeToString()
+    got = convert_wire(wire)
+    assert got is not None
+    assert got == _python_path(wire)
+
+
+@needs_wire
+def test_wire_converter_edge_values() -> None:
+    """Escapes as orjson writes them, non-ASCII as it is, negative int32, enum numbers without a
+    name, the largest uint64, a set-but-empty message, BoolValue false, unknown fields skipped."""
+    resp = observer_pb2.GetFlowsResponse(node_name="".join(map(chr, range(128))) + "é 😀 \u2028 \\ \"")
+    resp.flow.verdict = 99  # type: ignore[assignment]
+    resp.flow.event_type.type = -5
+    resp.flow.l7.latency_ns = 2**64 - 1
+    resp.flow.source.SetInParent()
+    resp.flow.is_reply.value = False
+    resp.flow.destination.labels.extend(["", "k8s:app=a\tb"])
+    resp.flow.time.FromNanoseconds(1_700_000_000_000_001_000)
+    resp.time.FromNanoseconds(4102444800 * 10**9 + 999_999_999)  # 2100-01-01
+    wire = resp.SerializeToString()
+    # tags are varints of (number << 3) | wire type: fields 995 (varint), 1007 (bytes) and 996
+    # (fixed32) are unknown; node_name (1000) sent as a varint has the wrong wire type
+    for data in (wire, wire + b"\x98\x3e\x07", wire + b"\xfa\x3e\x02hi" + b"\xa5\x3e\x01\x02\x03\x04",
+                 wire + b"\xc0\x3e\x05"):
+        got = convert_wire(data)
+        assert got is not None and got == _python_path(data)
+    obj = orjson.loads(got[4])
+    assert obj["flow"]["verdict"] == 99 and obj["flow"]["event_type"] == {"type": -5}
+    assert obj["flow"]["l7"] == {"latency_ns": str(2**64 - 1)} and obj["flow"]["source"] == {}
+    assert obj["time"] == "2100-01-01T00:00:00.999999999Z" and obj["flow"]["time"] == "2023-11-14T22:13:20.000001Z"
+
+
+@needs_wire
+def test_wire_converter_leaves_the_doubtful_to_protobuf() -> None:
+    """What C does not reproduce exactly answers None, and the Python path decides: an Any
+    (resolved through the descriptor pool), a message field sent twice (protobuf merges them),
+    a Timestamp outside years 1970-9999, invalid UTF-8 and cut-off data (protobuf refuses)."""
+    a = observer_pb2.GetFlowsResponse()
+    a.flow.source.namespace = "ns"
+    b = observer_pb2.GetFlowsResponse()
+    b.flow.source.pod_name = "pod"
+    merged = a.SerializeToString() + b.SerializeToString()
+    assert convert_wire(merged) is None
+    assert orjson.loads(_python_path(merged)[4]) == {"flow": {"source": {"namespace": "ns", "pod_name": "pod"}}}
+    for seconds in (-1, 253402300799, 253402300800):  # 1969, 9999 (its ns overflow an int64), 10000
+        odd = observer_pb2.GetFlowsResponse()
+        odd.time.seconds = seconds
+        assert convert_wire(odd.SerializeToString()) is None
+    ext = observer_pb2.GetFlowsResponse()
+    ext.flow.extensions.type_url = "type.googleapis.com/google.protobuf.Struct"
+    assert convert_wire(ext.SerializeToString()) is None
+    bad_utf8 = b"\xc2\x3e\x01\xff"  # node_name (1000) = b"\xff"
+    assert convert_wire(bad_utf8) is None
+    with pytest.raises(DecodeError):
+        observer_pb2.GetFlowsResponse.FromString(bad_utf8)
+    good = parse_response(SAMPLE_LINE).SerializeToString()
+    for cut in (1, 7, len(good) // 2):
+        assert convert_wire(good[:-cut]) is None
+
+
+@needs_wire
+def test_undecodable_responses_are_counted_and_skipped(small_log: ReplayLog) -> None:
+    """A response protobuf cannot parse no longer breaks the stream: it is counted as an error
+    and the flows after it arrive."""
+    log = ReplayLog(small_log.path)
+    log.payloads[3] = b"\xc2\x3e\x01\xff"
+    with ReplayServer(log) as srv:
+        src = RelaySource(RelayOptions(address=srv.address, since=EPOCH, **FAST))
+        got = _collect(src, len(log) - 1)
+    assert got == log.lines[:3] + log.lines[4:]
+    assert src.stats["errors"] == 1 and "undecodable" in src.stats["last_error"] and src.stats["reconnects"] == 0
 
 
 # -- replay -------------------------------------------------------------------------------------------
