@@ -278,6 +278,36 @@ def test_wire_converter_leaves_the_doubtful_to_protobuf() -> None:
 
 
 @needs_wire
+def test_wire_converter_on_damaged_messages(sim_log: ReplayLog) -> None:
+    """Random damage (bytes changed, cut out, inserted, pieces of other messages): the C
+    converter never crashes, never converts a message protobuf refuses, and what it converts is
+    exactly the Python path's line. (Run by hand with 300k mutations per seed: no difference.)"""
+    import random
+
+    wires = [parse_response(x).SerializeToString() for x in sim_log.lines[:500]]
+    rng = random.Random(20261201)
+    converted = 0
+    for _ in range(20_000):
+        w = bytearray(rng.choice(wires))
+        for _ in range(rng.randint(1, 3)):
+            j, op = rng.randrange(len(w)), rng.randrange(5)
+            if op <= 1:
+                w[j] = rng.randrange(256)
+            elif op == 2:
+                del w[j:j + rng.randint(1, 8)]
+            elif op == 3:
+                w[j:j] = rng.randbytes(rng.randint(1, 4))
+            else:
+                w[j:j] = rng.choice(wires)[:rng.randint(1, 40)]
+        got = convert_wire(bytes(w))
+        if got is None:
+            continue
+        converted += 1
+        assert got == _python_path(bytes(w))  # FromString raising here would fail the test too
+    assert converted > 500  # damage inside strings and values keeps many messages valid
+
+
+@needs_wire
 def test_undecodable_responses_are_counted_and_skipped(small_log: ReplayLog) -> None:
     """A response protobuf cannot parse no longer breaks the stream: it is counted as an error
     and the flows after it arrive."""

@@ -167,6 +167,11 @@ static inline int skip(cp *pp, cp end, unsigned wt) {
     }
 }
 
+/* Field numbers are 1 to 2^29 - 1: protobuf refuses a message with any other. */
+static inline int bad_number(uint64_t tag) {
+    return (tag >> 3) == 0 || (tag >> 3) > 536870911u;
+}
+
 static inline int wire_type_of(int kind) {
     switch (kind) {
     case K_BOOL: case K_INT32: case K_UINT32: case K_INT64: case K_UINT64: case K_ENUM:
@@ -294,7 +299,7 @@ static int two_varints(cp p, cp end, uint64_t *f1, uint64_t *f2) {
     *f1 = *f2 = 0;
     while (p < end) {
         uint64_t tag, v;
-        if (varint(&p, end, &tag)) return -1;
+        if (varint(&p, end, &tag) || bad_number(tag)) return -1;
         unsigned wt = (unsigned)(tag & 7);
         uint64_t no = tag >> 3;
         if (wt == 0 && (no == 1 || no == 2)) {
@@ -421,7 +426,7 @@ static int value(const schema_t *s, const field_t *f, uint64_t v, cp ptr, size_t
         uint64_t sl = 0;
         while (q < e) {
             uint64_t tag;
-            if (varint(&q, e, &tag)) return -1;
+            if (varint(&q, e, &tag) || bad_number(tag)) return -1;
             if ((tag >> 3) == 1 && (tag & 7) == 2) {
                 if (varint(&q, e, &sl) || sl > (uint64_t)(e - q)) return -1;
                 sp = q;
@@ -459,7 +464,7 @@ static int message(const schema_t *s, int mi, cp p, cp end, out_t *o, int depth)
     cp start = p;
     while (p < end) {
         uint64_t tag;
-        if (varint(&p, end, &tag)) return -1;
+        if (varint(&p, end, &tag) || bad_number(tag)) return -1;
         unsigned wt = (unsigned)(tag & 7);
         int i = field_index(m, tag >> 3);
         if (i < 0 || wire_type_of(m->fields[i].kind) != (int)wt) {
