@@ -59,7 +59,7 @@ export: []               # flow exporters (Hubble exporter files, Elasticsearch,
 pipeline:
   batch_max_flows: 65536 # a batch is processed when this many flows are queued ...
   batch_max_delay: 100ms # ... or when its first flow waited this long (bounds alert latency)
-  queue_max_mb: 256       # raw input waiting to be processed (memory bound; ~0.75 s at 200k flows/s)
+  queue_max_mb: 64        # raw input waiting to be processed (memory bound)
   overload: block        # block: sources wait (files, stdin: nothing is lost, lag grows)
                          # shed: chunks that do not fit are dropped and counted (flowtrail_flows_shed_total)
   shutdown_timeout: 10s  # SIGTERM: time allowed to drain the queue and flush the sinks

@@ -85,10 +85,7 @@ class PipelineOptions:
     # Half a full batch: a full one is counted on its own (several tables are copied into one).
     metrics_max_flows: int = 32_768
     metrics_max_delay_s: float = 1.0
-    # ~0.75 s of input at 200k flows/s (340 MB/s of Hubble JSON). 64 MB held 0.19 s, less than
-    # a slow batch (~0.25 s, seen every few seconds at that rate), and `overload: shed` shed
-    # 15-30k lines per 20 s while the monitor kept up on average. The queue fills only behind.
-    queue_max_bytes: int = 256 << 20
+    queue_max_bytes: int = 64 << 20
     overload: str = "block"
     shutdown_timeout_s: float = 10.0
     min_severity: str = "info"
