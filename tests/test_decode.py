@@ -423,6 +423,58 @@ def test_gzip_cut_short_keeps_the_lines_before(tmp_path: Path, damage: str) -> N
     assert "gzip data cut short or corrupt" in str(err.value)
 
 
+@pytest.mark.parametrize("damage", ["none", "truncated", "corrupt"])
+@pytest.mark.parametrize("block", [1 << 10, 40 << 10, 1 << 20])
+def test_inflate_to_files_equals_iter_blocks(tmp_path: Path, damage: str, block: int) -> None:
+    """The files the gzip inflater process writes hold what iter_blocks reads, cut at line ends
+    (a line longer than a block included); damage ends them with the same error, naming the last
+    line read."""
+    from flowtrail.sources.files import Input, InputError, inflate_to_files, iter_blocks, open_binary
+
+    long_line = b'{"flow":{"Summary":"' + b"x" * (3 << 10) + b'"}}'
+    path, raw = _truncated_gzip(tmp_path, [*FLOW_LINES, long_line], 0.6 if damage != "none" else 1.0)
+    if damage == "corrupt":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+        path.write_bytes(bytes(data) + gzip.compress(raw)[-4096:])
+
+    def read(how: str) -> tuple[list[bytes], int | None]:
+        out: list[bytes] = []
+        line = None
+        spool = tmp_path / f"spool-{how}"
+        spool.mkdir()
+        try:
+            with open_binary(Input(str(path))) as fh:
+                if how == "blocks":
+                    for b, _ in iter_blocks(fh, block, source=str(path)):
+                        out.append(bytes(b))
+                else:
+                    for p, size in inflate_to_files(fh, str(spool), block, source=str(path)):
+                        out.append(Path(p).read_bytes())
+                        assert len(out[-1]) == size
+        except InputError as exc:
+            assert exc.source == str(path) and "gzip data cut short or corrupt" in exc.message
+            line = exc.line
+        return out, line
+
+    blocks, line = read("blocks")
+    files, file_line = read("files")
+    got, want = b"".join(files), b"".join(blocks)
+    assert (line is None) == (file_line is None) == (damage == "none")
+    if damage == "none":
+        assert got == want == raw
+    else:
+        # zlib-ng inflates all of a read or none of it, and iter_blocks reads smaller pieces
+        # near a block's end: what is recovered before the damage differs by a piece at most
+        short, longer = sorted((got, want), key=len)
+        assert longer.startswith(short) and len(longer) - len(short) <= 64 << 10
+        assert file_line == got.count(b"\n") + (not got.endswith(b"\n"))  # the last line read
+        assert line == want.count(b"\n") + (not want.endswith(b"\n"))
+    assert all(f.endswith(b"\n") for f in files[:-1]) and all(files)
+    if block > len(long_line) and damage == "none":  # (garbage inflated past a damage may hold no newline)
+        assert all(len(f) < block + (64 << 10) for f in files)  # a piece past the block at most
+
+
 def test_truncated_gzip_is_reported_and_the_next_input_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """observe, detect and policy audit: the lines of a truncated .gz before the cut count, a
     warning names the file and line, the next input is read, and the command exits 0."""

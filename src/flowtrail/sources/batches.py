@@ -31,6 +31,7 @@ from flowtrail.sources.files import (
     InputError,
     MappedRange,
     grouped_ranges,
+    inflate_to_files,
     iter_blocks,
     open_binary,
     open_gzip,
@@ -288,12 +289,7 @@ def _inflate(inp: Input, spool: str, block_size: int, out: Any) -> None:
         with open_gzip(inp.path) as fh:
             raw = fh.fileobj  # type: ignore[attr-defined]
             done = 0
-            for k, (data, _) in enumerate(iter_blocks(fh, block_size, inp.name)):
-                path = os.path.join(spool, f"inflated-{k}")
-                with open(path, "wb") as f:
-                    f.write(data)
-                size = len(data)
-                del data
+            for path, size in inflate_to_files(fh, spool, block_size, inp.name):
                 pos = raw.tell()
                 out.put(("block", path, size, pos - done))
                 done = pos
