@@ -751,13 +751,20 @@ class RelaySource:
                 return False
             return self._deliver(resp)
         kind, t_ns, uuid, lost, line = got
+        if self._set_aside(kind):
+            return False
+        assert kind is not None
+        return self._accept(kind, t_ns, line, uuid, lost)
+
+    def _set_aside(self, kind: str | None) -> bool:
+        """Count a response that is no line (node status, or no known payload); True for those."""
         if kind == "node_status":
             self.stats["node_status"] += 1
-            return False
+            return True
         if kind is None:
             self.stats["other_events"] += 1
-            return False
-        return self._accept(kind, t_ns, line, uuid, lost)
+            return True
+        return False
 
     def _deliver(self, resp: Any) -> bool:
         """Convert one response and queue its line; True when it was a new flow.
@@ -766,11 +773,7 @@ class RelaySource:
         its own JSON line, so this per-flow Python is the conversion itself.
         """
         kind = resp.WhichOneof("response_types")
-        if kind == "node_status":
-            self.stats["node_status"] += 1
-            return False
-        if kind is None:
-            self.stats["other_events"] += 1
+        if self._set_aside(kind):
             return False
         t_ns = _ts_ns(resp.time) if resp.HasField("time") else (
             _ts_ns(resp.flow.time) if kind == "flow" else 0)
