@@ -213,6 +213,7 @@ def response_json(resp: Any) -> bytes:
 
 # -- wire bytes -> JSON in C (sources/_wirejson.c) ----------------------------------------------------
 
+# the codes of the K_* enum in _wirejson.c (it refuses a table with any other)
 _WIRE_KINDS = {
     FieldDescriptor.TYPE_STRING: 1, FieldDescriptor.TYPE_BYTES: 2, FieldDescriptor.TYPE_BOOL: 3,
     FieldDescriptor.TYPE_INT32: 4, FieldDescriptor.TYPE_UINT32: 5, FieldDescriptor.TYPE_INT64: 6,

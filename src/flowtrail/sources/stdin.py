@@ -23,7 +23,7 @@ PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
 
 def widen_pipe(fd: int, size: int = READ_SIZE) -> int:
     """Ask for a pipe buffer of `size` bytes (at most what an unprivileged process may) when `fd`
-    is a pipe; returns the buffer's size then, else 0.
+    is a pipe; returns the buffer's size then, 0 when `fd` is no pipe or the kernel refused.
 
     A pipe holds 64 kB by default, so a reader never gets more than ~40 Hubble lines per read:
     `flowtrail run --input-file -` at 200k flows/s then made ~5,000 reads a second, and piped
