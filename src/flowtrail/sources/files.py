@@ -107,6 +107,13 @@ class InputError(Exception):
         self.source, self.line, self.message = source, line, message
 
 
+def _cut_short(source: str, line: int, failure: BaseException, what: str) -> InputError:
+    """The error that ends a damaged input after its ``line`` (the last line read)."""
+    cause = str(failure) or type(failure).__name__
+    return InputError(source, line, f"{what} cut short or corrupt after this line ({cause}); "
+                      "the lines before it were read")
+
+
 GZIP_PIECE = 64 << 10  # lost at most before a damage; larger pieces were no faster
 
 
@@ -152,10 +159,7 @@ def iter_blocks(fh: BinaryIO, block_size: int = BLOCK_SIZE, source: str = "<inpu
         yield rest, line
         line += 1
     if failure is not None:
-        cause = str(failure) or type(failure).__name__
-        what = "gzip data" if gz else "the input"
-        raise InputError(source, line - 1, f"{what} cut short or corrupt after this line ({cause}); "
-                         "the lines before it were read")
+        raise _cut_short(source, line - 1, failure, "gzip data" if gz else "the input")
 
 
 def inflate_to_files(fh: BinaryIO, directory: str, block_size: int, source: str = "<input>") -> Iterator[tuple[str, int]]:
@@ -210,9 +214,7 @@ def inflate_to_files(fh: BinaryIO, directory: str, block_size: int, source: str 
         else:
             os.unlink(path)
     if failure is not None:
-        cause = str(failure) or type(failure).__name__
-        raise InputError(source, lines + (last != 10), f"gzip data cut short or corrupt after this line ({cause}); "
-                         "the lines before it were read")
+        raise _cut_short(source, lines + (last != 10), failure, "gzip data")
 
 
 MAX_GROUP = 4  # ranges in one worker task at most
